@@ -1,0 +1,77 @@
+# Every target sets up what it needs: a virtual environment in .venv with the
+# package (editable) and its development tools.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+PORT ?= 8080
+HOST ?= localhost
+USER_NAME ?= anonymous
+
+# Where `make install` puts the command and its manual page: /usr/local when
+# writable, else ~/.local (its bin/ must be on PATH).
+PREFIX ?= $(shell [ -w /usr/local/bin ] && echo /usr/local || echo $(HOME)/.local)
+
+MAN_PAGE := man/broadcast-server.1
+MAN_OUTPUT ?= $(MAN_PAGE)
+# The page's date is that of the last commit, so regenerating it changes
+# nothing unless the command line changed.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
+VERSION = $(shell $(BIN)/python -c 'import broadcast_sync; print(broadcast_sync.__version__)')
+
+.PHONY: setup install server client test lint man coverage bench build clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+	mkdir -p $(PREFIX)/bin $(PREFIX)/share/man/man1
+	ln -sf $(CURDIR)/$(BIN)/broadcast-server $(PREFIX)/bin/broadcast-server
+	install -m 644 $(MAN_PAGE) $(PREFIX)/share/man/man1/broadcast-server.1
+	@echo "Installed $(PREFIX)/bin/broadcast-server and its manual page."
+	@echo "Try: broadcast-server --help; man broadcast-server"
+
+server: $(STAMP)
+	$(BIN)/broadcast-server start --port $(PORT)
+
+client: $(STAMP)
+	$(BIN)/broadcast-server connect --host $(HOST) --port $(PORT) --username $(USER_NAME)
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+man: $(STAMP)
+	COLUMNS=80 SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(BIN)/argparse-manpage \
+		--module broadcast_sync.cli --function build_parser \
+		--project-name broadcast-sync --prog broadcast-server \
+		--version $(VERSION) --manual-title "broadcast-sync manual" \
+		--description "WebSocket broadcast (chat) server and terminal client" \
+		--include man/extra.inc --output $(MAN_OUTPUT)
+
+coverage: $(STAMP)
+	$(BIN)/coverage erase
+	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/coverage run -m pytest -q
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report --show-missing --skip-covered
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
+
+build: $(STAMP)
+	$(BIN)/python -m build --outdir dist .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .coverage .coverage.* htmlcov \
+		.mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,293 @@
+"""The command line: ``broadcast-server start`` and ``broadcast-server connect``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from broadcast_sync import __version__
+from broadcast_sync.client import run_client
+from broadcast_sync.config import ServerConfig
+from broadcast_sync.server import BroadcastServer
+
+DEFAULT_PORT = 8080
+DEFAULTS = ServerConfig()
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the whole command line (also read by argparse-manpage)."""
+    parser = argparse.ArgumentParser(
+        prog="broadcast-server",
+        description=(
+            "A WebSocket broadcast (chat) server and its terminal client. "
+            "Clients connect to ws://HOST:PORT/ws?username=NAME; every message "
+            "a client sends reaches every connected client as 'NAME: MESSAGE'."
+        ),
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_start(commands)
+    _add_connect(commands)
+    return parser
+
+
+def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    start = commands.add_parser(
+        "start",
+        help="run the broadcast server",
+        description="Run the broadcast server until SIGINT or SIGTERM.",
+    )
+    start.add_argument(
+        "--host",
+        default=DEFAULTS.host,
+        help="address to listen on (default: %(default)s)",
+    )
+    start.add_argument(
+        "--port",
+        type=_port,
+        default=os.environ.get("PORT", str(DEFAULT_PORT)),
+        help="port to listen on (default: $PORT, else 8080)",
+    )
+    start.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        dest="allowed_origins",
+        help=(
+            "browser origin allowed to connect, such as https://chat.example.com; "
+            "repeat for several, '*' allows any (default: the page's own origin; "
+            "clients that send no Origin are always allowed)"
+        ),
+    )
+    limits = start.add_argument_group("limits")
+    limits.add_argument(
+        "--rate-limit",
+        type=_non_negative_int,
+        default=DEFAULTS.rate_limit,
+        metavar="N",
+        help="messages a client may send per window; 0 disables (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--rate-window",
+        type=_positive_float,
+        default=DEFAULTS.rate_window,
+        metavar="SECONDS",
+        help="length of the rate window (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-message-bytes",
+        type=_positive_int,
+        default=DEFAULTS.max_message_bytes,
+        metavar="BYTES",
+        help="larger messages close the connection with 1009 (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-message-chars",
+        type=_positive_int,
+        default=DEFAULTS.max_message_chars,
+        metavar="CHARS",
+        help="longer messages are dropped with a notice (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-username-chars",
+        type=_positive_int,
+        default=DEFAULTS.max_username_chars,
+        metavar="CHARS",
+        help="longest username accepted (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--queue-size",
+        type=_positive_int,
+        default=DEFAULTS.queue_size,
+        metavar="WRITES",
+        help=(
+            "writes a slow client may have pending (one per broadcast batch) "
+            "before it is dropped (default: %(default)s)"
+        ),
+    )
+    limits.add_argument(
+        "--max-clients",
+        type=_positive_int,
+        default=DEFAULTS.max_clients,
+        metavar="N",
+        help="further handshakes get 503 (default: %(default)s)",
+    )
+    timing = start.add_argument_group("timing")
+    timing.add_argument(
+        "--ping-interval",
+        type=_positive_float,
+        default=DEFAULTS.ping_interval,
+        metavar="SECONDS",
+        help="time between pings to each client (default: %(default)s)",
+    )
+    timing.add_argument(
+        "--pong-timeout",
+        type=_positive_float,
+        default=DEFAULTS.pong_timeout,
+        metavar="SECONDS",
+        help="a client silent this long (no pong) is dropped (default: %(default)s)",
+    )
+    timing.add_argument(
+        "--write-timeout",
+        type=_positive_float,
+        default=DEFAULTS.write_timeout,
+        metavar="SECONDS",
+        help="a client taking no data this long is dropped (default: %(default)s)",
+    )
+    timing.add_argument(
+        "--batch-window",
+        type=_non_negative_float,
+        default=DEFAULTS.batch_window,
+        metavar="SECONDS",
+        help=(
+            "under load, the least time between two broadcast flushes; an idle "
+            "server sends at once; 0 flushes every time (default: %(default)s)"
+        ),
+    )
+    start.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="messages are logged at debug level only (default: %(default)s)",
+    )
+    start.set_defaults(run=_start)
+
+
+def _add_connect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    connect = commands.add_parser(
+        "connect",
+        help="join a server's chat from the terminal",
+        description=(
+            "Join a server's chat: print every message received, send every line "
+            "typed. Ctrl+C or end of input leaves the chat."
+        ),
+    )
+    connect.add_argument(
+        "--host",
+        default=os.environ.get("HOST", "localhost"),
+        help="server to connect to (default: $HOST, else localhost)",
+    )
+    connect.add_argument(
+        "--port",
+        type=_port,
+        default=os.environ.get("PORT", str(DEFAULT_PORT)),
+        help="server port (default: $PORT, else 8080)",
+    )
+    connect.add_argument(
+        "--username",
+        default=os.environ.get("USER_NAME", "anonymous"),
+        help="name shown to others (default: $USER_NAME, else anonymous)",
+    )
+    connect.set_defaults(run=_connect)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line and exit with its status."""
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    sys.exit(run(args))
+
+
+def _start(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        allowed_origins=tuple(args.allowed_origins),
+        rate_limit=args.rate_limit,
+        rate_window=args.rate_window,
+        max_message_bytes=args.max_message_bytes,
+        max_message_chars=args.max_message_chars,
+        max_username_chars=args.max_username_chars,
+        queue_size=args.queue_size,
+        max_clients=args.max_clients,
+        ping_interval=args.ping_interval,
+        pong_timeout=args.pong_timeout,
+        write_timeout=args.write_timeout,
+        batch_window=args.batch_window,
+    )
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        server = BroadcastServer(config)
+    except OSError as exc:
+        where = f"{args.host}:{args.port}"
+        print(f"broadcast-server: cannot listen on {where}: {exc}", file=sys.stderr)
+        return 1
+    server.start()
+    print(f"Server started on port {server.port}", flush=True)
+    stop_requested.wait()
+    server.stop()
+    return 0
+
+
+def _connect(args: argparse.Namespace) -> int:
+    return run_client(args.host, args.port, args.username)
+
+
+def _port(text: str) -> int:
+    port = _integer(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535: {text}")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer: {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text}")
+    return value

@@ -1,0 +1,51 @@
+"""The server's settings, each default with the reason for its value."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Everything the server can be told on the command line."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+
+    # Origins
+    # Empty: browsers must be same-origin; "*" in the tuple allows any origin.
+    allowed_origins: tuple[str, ...] = ()
+
+    # Limits
+    # Five messages a second is brisk typing; more is a script or a flood.
+    rate_limit: int = 5
+    rate_window: float = 1.0
+    # A chat line, not a file.
+    max_message_bytes: int = 512
+    max_message_chars: int = 500
+    max_username_chars: int = 50
+    # Pending writes (one per broadcast batch) a slow client may have before
+    # it is dropped: a few seconds of traffic under load.
+    queue_size: int = 256
+    # Each client costs two threads and one file descriptor; the process may
+    # open 20,000 files, so 10,000 clients leaves room for the rest.
+    max_clients: int = 10_000
+
+    # Timeouts
+    # Just under a minute, like gorilla/websocket's chat: fewer pings than
+    # idle timeouts of common proxies (60 s).
+    ping_interval: float = 54.0
+    pong_timeout: float = 60.0
+    # A client that accepts no data for this long is not reading at all.
+    write_timeout: float = 10.0
+    # A browser or client sends its whole handshake at once; a socket silent
+    # this long holds a thread for nothing.
+    handshake_timeout: float = 5.0
+    # How long a closing handshake may take before the socket is cut.
+    close_timeout: float = 3.0
+
+    # Batching
+    # Under load, a flush waits this long after the previous one, so that one
+    # system call per client carries many messages; an idle server sends at
+    # once. 10 ms adds at most 10 ms of latency.
+    batch_window: float = 0.010

@@ -1,0 +1,207 @@
+"""The dispatcher: one thread that puts every message in one order.
+
+Readers hand it joins, chat messages, notices and leaves through a bounded
+inbox; it turns them into frames and fans each batch out to every member of
+the room, so every client sees the same order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from broadcast_sync import frames
+from broadcast_sync.hub import SERVER_NAME, Hub
+
+if TYPE_CHECKING:
+    from broadcast_sync.config import ServerConfig
+    from broadcast_sync.session import Session
+
+logger = logging.getLogger(__name__)
+
+#: Items the inbox holds before readers wait: a full inbox pushes back on
+#: flooding clients through TCP instead of growing without bound.
+INBOX_SIZE = 4096
+#: How often a reader waiting on a full inbox checks that the dispatcher runs.
+PUT_RETRY_SECONDS = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class _Join:
+    session: Session
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chat:
+    session: Session
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Notice:
+    session: Session
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Leave:
+    session: Session
+    close_frame: bytes | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stop:
+    pass
+
+
+_Item = _Join | _Chat | _Notice | _Leave | _Stop
+
+
+def server_notice(text: str) -> str:
+    """A message from the server itself."""
+    return f"{SERVER_NAME}: {text}"
+
+
+class Dispatcher:
+    """Orders messages and fans them out to every member of the hub.
+
+    Strategy: batching. The thread drains its inbox and joins the frames of
+    everything it found into one buffer, sent with one system call per
+    client. An idle server flushes a lone message at once; while messages
+    keep arriving, a flush waits until ``batch_window`` after the previous
+    one, so that each carries more messages for the same cost.
+    """
+
+    def __init__(self, hub: Hub[Session], config: ServerConfig) -> None:
+        self._hub = hub
+        self._batch_window = config.batch_window
+        self._inbox: queue.Queue[_Item] = queue.Queue(INBOX_SIZE)
+        #: Set when the thread has stopped: puts would never be taken.
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dispatcher")
+
+    def start(self) -> None:
+        """Start the dispatcher thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Deliver what was accepted, close every member with 1001, and join."""
+        self._put(_Stop())
+        self._thread.join()
+
+    # Called from reader threads.
+
+    def join(self, session: Session) -> None:
+        """Add ``session`` to the room and announce it."""
+        self._put(_Join(session))
+
+    def chat(self, session: Session, text: str) -> None:
+        """Broadcast ``text`` from ``session`` to everybody."""
+        self._put(_Chat(session, text))
+
+    def notify(self, session: Session, text: str) -> None:
+        """Send a server notice to ``session`` alone."""
+        self._put(_Notice(session, text))
+
+    def leave(self, session: Session, close_frame: bytes | None) -> None:
+        """Remove ``session`` and announce it, closing it with ``close_frame``."""
+        self._put(_Leave(session, close_frame))
+
+    def _put(self, item: _Item) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._inbox.put(item, timeout=PUT_RETRY_SECONDS)
+            except queue.Full:
+                continue
+            return
+
+    # The dispatcher thread.
+
+    def _run(self) -> None:
+        last_flush = float("-inf")
+        try:
+            while True:
+                items = [self._inbox.get()]
+                pause = last_flush + self._batch_window - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                items += self._drain()
+                if not self._deliver(items):
+                    return
+                last_flush = time.monotonic()
+        finally:
+            self._stopped.set()
+
+    def _drain(self) -> list[_Item]:
+        items: list[_Item] = []
+        try:
+            while True:
+                items.append(self._inbox.get_nowait())
+        except queue.Empty:
+            return items
+
+    def _deliver(self, items: list[_Item]) -> bool:
+        """Send ``items`` in order; False once told to stop."""
+        pending: list[bytes] = []
+        for item in items:
+            if isinstance(item, _Chat):
+                logger.debug("%s: %s", item.session.name, item.text)
+                pending.append(
+                    frames.encode_message(f"{item.session.name}: {item.text}")
+                )
+                continue
+            # Everything else changes who receives what: send what came first.
+            self._fan_out(pending)
+            pending = []
+            if isinstance(item, _Join):
+                pending.append(self._add(item.session))
+            elif isinstance(item, _Leave):
+                pending.append(self._remove(item.session, item.close_frame))
+            elif isinstance(item, _Notice):
+                item.session.send(frames.encode_message(server_notice(item.text)))
+            else:
+                self._close_all()
+                return False
+        self._fan_out(pending)
+        return True
+
+    def _fan_out(self, pending: list[bytes]) -> None:
+        if not pending:
+            return
+        data = b"".join(pending)
+        with self._hub.locked_members() as members:
+            for member in members:
+                member.send(data)
+
+    def _add(self, session: Session) -> bytes:
+        count = self._hub.add_member(session)
+        logger.info(
+            "%s (%s) joined; %d connected", session.name, session.address, count
+        )
+        return frames.encode_message(
+            server_notice(f"{session.name} has joined the chat")
+        )
+
+    def _remove(self, session: Session, close_frame: bytes | None) -> bytes:
+        count = self._hub.remove_member(session)
+        if close_frame is not None:
+            session.close(close_frame, session.end_reason)
+        logger.info(
+            "%s (%s) left: %s; %d connected",
+            session.name,
+            session.address,
+            session.end_reason,
+            count,
+        )
+        return frames.encode_message(server_notice(f"{session.name} has left the chat"))
+
+    def _close_all(self) -> None:
+        members = self._hub.members()
+        logger.info("closing %d connections: server shutting down", len(members))
+        close_frame = frames.encode_close(frames.GOING_AWAY, "server shutting down")
+        for member in members:
+            member.close(close_frame, "server shutting down (1001)")

@@ -1,0 +1,221 @@
+"""The WebSocket opening handshake (RFC 6455, section 4.2).
+
+h11 parses the HTTP request; the checks and the responses are ours. Every
+failed check raises :class:`HandshakeError` carrying the HTTP status and the
+reason sent back to the client.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import socket
+import urllib.parse
+from collections.abc import Sequence
+from http import HTTPStatus
+
+import h11
+
+#: The path clients connect to.
+WEBSOCKET_PATH = "/ws"
+#: RFC 6455, section 1.3: appended to the client's key before hashing.
+ACCEPT_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: The only protocol version (RFC 6455, section 4.1).
+WEBSOCKET_VERSION = "13"
+#: A real handshake is a few hundred bytes; this leaves room for cookies.
+MAX_REQUEST_BYTES = 8192
+#: Bytes read at a time while waiting for the request.
+RECEIVE_BYTES = 4096
+
+
+class HandshakeError(Exception):
+    """A handshake refused with ``status``; ``reason`` is the response body."""
+
+    def __init__(
+        self,
+        status: HTTPStatus,
+        reason: str,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """The parts of a handshake request that the server acts on."""
+
+    key: str
+    host: str
+    origin: str | None
+    username: str | None
+
+
+def read_request(sock: socket.socket) -> tuple[h11.Request, bytes]:
+    """Read one HTTP request head from ``sock``.
+
+    The socket's timeout bounds each read. Returns the request and the bytes
+    that followed it (frames a client sent before our response arrived).
+
+    Raises:
+        HandshakeError: if the request is malformed, too large or cut short.
+        TimeoutError: if the client goes quiet.
+    """
+    connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+    while True:
+        try:
+            event = connection.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = HTTPStatus(exc.error_status_hint)
+            raise HandshakeError(status, f"malformed HTTP request: {exc}") from exc
+        if isinstance(event, h11.Request):
+            return event, connection.trailing_data[0]
+        if event is h11.NEED_DATA:
+            data = sock.recv(RECEIVE_BYTES)
+            if not data:
+                raise HandshakeError(
+                    HTTPStatus.BAD_REQUEST, "connection closed during the handshake"
+                )
+            connection.receive_data(data)
+        else:  # pragma: no cover - a server connection yields Request first
+            raise HandshakeError(HTTPStatus.BAD_REQUEST, "unexpected HTTP event")
+
+
+def parse_request(request: h11.Request) -> Request:
+    """Check that ``request`` is a WebSocket upgrade for our path.
+
+    Raises:
+        HandshakeError: 404 for another path, 400 for anything that is not a
+            valid upgrade.
+    """
+    target = urllib.parse.urlsplit(request.target.decode("ascii", "replace"))
+    if target.path != WEBSOCKET_PATH:
+        raise HandshakeError(HTTPStatus.NOT_FOUND, f"no such path: {target.path}")
+    headers = _Headers(request.headers)
+    if request.method != b"GET":
+        raise _bad_request(f"method must be GET, not {request.method.decode()}")
+    if request.http_version != b"1.1":
+        raise _bad_request("HTTP/1.1 is required")
+    if "websocket" not in headers.tokens("upgrade"):
+        raise _bad_request("missing Upgrade: websocket header")
+    if "upgrade" not in headers.tokens("connection"):
+        raise _bad_request("missing Connection: Upgrade header")
+    if headers.get("content-length") or headers.get("transfer-encoding"):
+        raise _bad_request("a handshake request has no body")
+    version = headers.get("sec-websocket-version")
+    if version != WEBSOCKET_VERSION:
+        raise HandshakeError(
+            HTTPStatus.BAD_REQUEST,
+            f"unsupported Sec-WebSocket-Version: {version or '(missing)'}",
+            (("Sec-WebSocket-Version", WEBSOCKET_VERSION),),
+        )
+    return Request(
+        key=_check_key(headers.get("sec-websocket-key")),
+        host=headers.get("host") or "",
+        origin=headers.get("origin"),
+        username=_username_parameter(target.query),
+    )
+
+
+def check_origin(request: Request, allowed_origins: tuple[str, ...]) -> None:
+    """Refuse a browser's cross-site request.
+
+    With no allowed origins, a browser's Origin must match its Host (same
+    origin); a client that sends no Origin (not a browser) is accepted.
+
+    Raises:
+        HandshakeError: 403 if the origin is not allowed.
+    """
+    origin = request.origin
+    if origin is None or "*" in allowed_origins:
+        return
+    if allowed_origins:
+        allowed = origin.lower() in (each.lower() for each in allowed_origins)
+    else:
+        allowed = urllib.parse.urlsplit(origin).netloc.lower() == request.host.lower()
+    if not allowed:
+        raise HandshakeError(HTTPStatus.FORBIDDEN, f"origin not allowed: {origin}")
+
+
+def accept_response(key: str) -> bytes:
+    """The 101 response that completes the handshake for ``key``."""
+    digest = hashlib.sha1((key + ACCEPT_GUID).encode("ascii")).digest()
+    accept = base64.b64encode(digest).decode("ascii")
+    return _response_head(
+        HTTPStatus.SWITCHING_PROTOCOLS,
+        (
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", accept),
+        ),
+    )
+
+
+def reject_response(error: HandshakeError) -> bytes:
+    """The response refusing a handshake: its status and a plain-text reason."""
+    body = (error.reason + "\n").encode("utf-8")
+    headers = (
+        *error.headers,
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+    )
+    return _response_head(error.status, headers) + body
+
+
+def _response_head(status: HTTPStatus, headers: tuple[tuple[str, str], ...]) -> bytes:
+    lines = [f"HTTP/1.1 {status.value} {status.phrase}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _bad_request(reason: str) -> HandshakeError:
+    return HandshakeError(HTTPStatus.BAD_REQUEST, reason)
+
+
+def _check_key(key: str | None) -> str:
+    if key is None:
+        raise _bad_request("missing Sec-WebSocket-Key header")
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except binascii.Error:
+        raw = b""
+    if len(raw) != 16:
+        raise _bad_request("Sec-WebSocket-Key must be 16 bytes in base64")
+    return key
+
+
+def _username_parameter(query: str) -> str | None:
+    try:
+        parameters = urllib.parse.parse_qs(
+            query, keep_blank_values=True, strict_parsing=False, errors="strict"
+        )
+    except UnicodeDecodeError as exc:
+        raise _bad_request("the query string is not valid UTF-8") from exc
+    values = parameters.get("username")
+    if values is None:
+        return None
+    if len(values) > 1:
+        raise _bad_request("username given more than once")
+    return values[0]
+
+
+class _Headers:
+    """Case-insensitive access to h11's header list."""
+
+    def __init__(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        self._headers = headers
+
+    def get(self, name: str) -> str | None:
+        """The value of ``name``, its repeats joined with commas."""
+        values = [v.decode("latin-1") for n, v in self._headers if n == name.encode()]
+        return ", ".join(values) if values else None
+
+    def tokens(self, name: str) -> set[str]:
+        """The lower-cased comma-separated tokens of ``name``."""
+        value = self.get(name) or ""
+        return {token.strip().lower() for token in value.split(",")}

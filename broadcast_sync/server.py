@@ -1,0 +1,233 @@
+"""The server: accepts connections, does handshakes and owns every thread.
+
+``socketserver.ThreadingTCPServer`` accepts each connection in its own
+thread, which does the handshake and then becomes the client's reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import threading
+import time
+from http import HTTPStatus
+from types import TracebackType
+
+from broadcast_sync.config import ServerConfig
+from broadcast_sync.dispatcher import Dispatcher
+from broadcast_sync.handshake import (
+    HandshakeError,
+    accept_response,
+    check_origin,
+    parse_request,
+    read_request,
+    reject_response,
+)
+from broadcast_sync.heartbeat import Heartbeat
+from broadcast_sync.hub import Hub, RoomFull
+from broadcast_sync.session import Session
+from broadcast_sync.validation import InvalidUsername, clean_username
+
+logger = logging.getLogger(__name__)
+
+#: Thread stack size: the server runs two threads per client, and ten
+#: thousand clients at the default 8 MiB would reserve 160 GiB of address
+#: space. Our deepest call chains use a small fraction of this.
+THREAD_STACK_BYTES = 256 * 1024
+#: Connections the kernel queues before accept(): clients arrive in bursts.
+LISTEN_BACKLOG = 1024
+#: How often the acceptor checks for shutdown: the delay of stop().
+ACCEPT_POLL_SECONDS = 0.1
+
+
+def format_address(address: tuple[str, int]) -> str:
+    """``host:port`` of a peer, for logs."""
+    return f"{address[0]}:{address[1]}"
+
+
+class BroadcastServer(socketserver.ThreadingTCPServer):
+    """The broadcast server: call :meth:`start`, then :meth:`stop`.
+
+    Tracks every connection's socket and thread itself (in
+    ``_connections``), so that :meth:`stop` can cut and join them.
+    """
+
+    allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = False
+    block_on_close = False
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.hub: Hub[Session] = Hub(config.max_clients, config.max_username_chars)
+        self.dispatcher = Dispatcher(self.hub, config)
+        self.heartbeat = Heartbeat(self.hub, config)
+        #: Guards ``_connections``: each open socket and the thread serving it.
+        self._connections_lock = threading.Lock()
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        #: Set by :meth:`stop`: handshakes that finish afterwards get 503.
+        self._stopping = threading.Event()
+        self._acceptor = threading.Thread(
+            target=self.serve_forever, args=(ACCEPT_POLL_SECONDS,), name="acceptor"
+        )
+        super().__init__((config.host, config.port), ConnectionHandler)
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (useful when asked for port 0)."""
+        return int(self.server_address[1])
+
+    def start(self) -> None:
+        """Start the dispatcher, the heartbeat and the acceptor threads."""
+        threading.stack_size(THREAD_STACK_BYTES)
+        self.dispatcher.start()
+        self.heartbeat.start()
+        self._acceptor.start()
+        logger.info("listening on %s:%d", self.config.host, self.port)
+
+    def stop(self) -> None:
+        """Shut down gracefully and join every thread.
+
+        Stops accepting, delivers what was accepted, sends every client a
+        close frame 1001, waits up to ``close_timeout`` for them to close,
+        then cuts the remaining connections.
+        """
+        self._stopping.set()
+        self.shutdown()
+        self._acceptor.join()
+        self.dispatcher.stop()
+        self.heartbeat.stop()
+        deadline = time.monotonic() + self.config.close_timeout
+        for thread in self._connection_threads():
+            thread.join(max(deadline - time.monotonic(), 0))
+        with self._connections_lock:
+            for sock in self._connections:
+                with contextlib.suppress(OSError):  # closed by its peer
+                    sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._connection_threads():
+            thread.join()
+        self.server_close()
+        logger.info("stopped")
+
+    def __enter__(self) -> BroadcastServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
+
+    def _connection_threads(self) -> list[threading.Thread]:
+        with self._connections_lock:
+            return list(self._connections.values())
+
+    def process_request(
+        self,
+        request: socket.socket,  # type: ignore[override]
+        client_address: tuple[str, int],
+    ) -> None:
+        """Serve the connection in a thread of its own, named and tracked."""
+        thread = threading.Thread(
+            target=self._serve_connection,
+            args=(request, client_address),
+            name=f"reader {format_address(client_address)}",
+        )
+        with self._connections_lock:
+            self._connections[request] = thread
+        thread.start()
+
+    def _serve_connection(
+        self, request: socket.socket, client_address: tuple[str, int]
+    ) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            logger.exception("error serving %s", format_address(client_address))
+        finally:
+            with self._connections_lock:
+                del self._connections[request]
+            self.shutdown_request(request)
+
+
+class ConnectionHandler(socketserver.BaseRequestHandler):
+    """Does the handshake, then serves the client as a :class:`Session`."""
+
+    server: BroadcastServer
+    request: socket.socket
+
+    def handle(self) -> None:
+        """Serve one connection from its handshake to its end."""
+        address = format_address(self.client_address)
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.request.settimeout(self.server.config.handshake_timeout)
+        try:
+            name, key, trailing_data = self._handshake()
+        except HandshakeError as exc:
+            logger.info("rejected %s: %d %s", address, exc.status.value, exc.reason)
+            self._send(reject_response(exc))
+            return
+        except TimeoutError:
+            logger.info("rejected %s: handshake timed out", address)
+            timeout = HandshakeError(HTTPStatus.REQUEST_TIMEOUT, "handshake timed out")
+            self._send(reject_response(timeout))
+            return
+        except OSError as exc:
+            logger.info("lost %s during the handshake: %s", address, exc)
+            return
+        if not self._send(accept_response(key)):
+            self.server.hub.release_name(name)
+            return
+        self.request.settimeout(None)
+        session = Session(
+            self.request,
+            address,
+            name,
+            config=self.server.config,
+            dispatcher=self.server.dispatcher,
+            trailing_data=trailing_data,
+        )
+        session.run()
+
+    def _handshake(self) -> tuple[str, str, bytes]:
+        """Read and check the handshake; reserve the client's name.
+
+        Returns:
+            The name given to the client, its key and bytes read past the
+            request.
+        """
+        config = self.server.config
+        http_request, trailing_data = read_request(self.request)
+        request = parse_request(http_request)
+        check_origin(request, config.allowed_origins)
+        requested = request.username
+        if requested is None:
+            requested = self.client_address[0]
+        try:
+            username = clean_username(requested, config.max_username_chars)
+        except InvalidUsername as exc:
+            raise HandshakeError(HTTPStatus.BAD_REQUEST, str(exc)) from exc
+        if self.server.stopping:
+            raise HandshakeError(HTTPStatus.SERVICE_UNAVAILABLE, "server shutting down")
+        try:
+            name = self.server.hub.reserve_name(username)
+        except RoomFull as exc:
+            raise HandshakeError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from exc
+        return name, request.key, trailing_data
+
+    def _send(self, data: bytes) -> bool:
+        try:
+            self.request.sendall(data)
+        except OSError:
+            return False
+        return True

@@ -1,0 +1,347 @@
+"""One client after its handshake: the socket, the reader and the writer.
+
+Strategy: the dispatcher delivers a broadcast with a non-blocking send
+straight from its own thread whenever the client has nothing queued. Waking a
+writer thread per client per message would cost a GIL hand-off each, which
+caps fan-out at a few hundred clients. Only what the socket does not take
+goes to the client's bounded outbox, and from then on everything for that
+client goes through the outbox, drained by its writer thread, until the
+outbox is empty again: so order holds, and a slow client costs the others
+nothing. A full outbox, or a write that makes no progress within the write
+timeout, drops the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    TextMessage,
+)
+
+from broadcast_sync import frames
+from broadcast_sync.ratelimit import RateLimiter, Verdict
+from broadcast_sync.validation import InvalidMessage, check_message, is_blank
+
+if TYPE_CHECKING:
+    from broadcast_sync.config import ServerConfig
+    from broadcast_sync.dispatcher import Dispatcher
+
+logger = logging.getLogger(__name__)
+
+#: Bytes read from the socket at a time: many chat messages, little memory.
+RECEIVE_BYTES = 16384
+
+
+class Session:
+    """A connected client, from its handshake until its socket is closed.
+
+    The reader runs in the connection's own thread (:meth:`run`), which
+    starts the writer thread and joins it before returning. The dispatcher
+    and the heartbeat call :meth:`send`, :meth:`close` and :meth:`abort`.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: str,
+        name: str,
+        *,
+        config: ServerConfig,
+        dispatcher: Dispatcher,
+        trailing_data: bytes = b"",
+    ) -> None:
+        self.sock = sock
+        self.address = address
+        self.name = name
+        #: Why the session ended, for the log; the first reason given wins.
+        self.end_reason = ""
+        #: Monotonic time of the last bytes received. Written by the reader,
+        #: read by the heartbeat: a float assignment needs no lock.
+        self.last_seen = time.monotonic()
+        self._config = config
+        self._dispatcher = dispatcher
+
+        # Owned by the reader thread.
+        self._connection = Connection(
+            ConnectionType.SERVER, trailing_data=trailing_data
+        )
+        self._limiter = RateLimiter(config.rate_limit, config.rate_window)
+        self._parts: list[str] = []
+        self._message_bytes = 0
+        self._left = False
+        self._close_deadline = float("inf")
+
+        # Guards the outgoing side of the socket and the three fields below:
+        # the dispatcher, the heartbeat, the reader and the writer all send.
+        self._lock = threading.Lock()
+        #: True while the writer thread owns the outgoing side.
+        self._backlog = False
+        #: True once a close frame is on its way: nothing may follow it.
+        self._closed = False
+        #: True once the socket is shut down.
+        self._aborted = False
+        #: Bytes waiting for the writer; ``None`` wakes it to stop.
+        self._outbox: queue.Queue[bytes | None] = queue.Queue(config.queue_size)
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"writer {address}"
+        )
+
+    # Outgoing side: called from any thread.
+
+    def send(self, data: bytes) -> None:
+        """Send ``data`` after everything sent before it, without blocking."""
+        with self._lock:
+            if not self._closed:
+                self._send_locked(data)
+
+    def close(self, frame: bytes, reason: str) -> None:
+        """Send the close ``frame`` after everything sent before it.
+
+        Nothing is sent after it; once it is written, the server half-closes
+        the socket, as RFC 6455 asks of the server (section 7.1.1).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._set_end_reason(reason)
+            self._send_locked(frame)
+            self._closed = True
+            if not self._backlog:
+                self._shutdown_write()
+
+    def abort(self, reason: str, code: int | None = None) -> None:
+        """Cut the connection now, sending a close frame ``code`` if it fits.
+
+        Shutting the socket down wakes the reader from ``recv`` and the
+        writer from its wait for the socket.
+        """
+        with self._lock:
+            self._abort_locked(reason, code)
+
+    def _send_locked(self, data: bytes) -> None:
+        if not self._backlog:
+            try:
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._abort_locked(f"send failed: {exc}")
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._backlog = True
+        try:
+            self._outbox.put_nowait(data)
+        except queue.Full:
+            self._abort_locked(
+                f"too slow: {self._outbox.maxsize} writes pending",
+                frames.POLICY_VIOLATION,
+            )
+
+    def _abort_locked(self, reason: str, code: int | None = None) -> None:
+        if self._aborted:
+            return
+        self._set_end_reason(reason)
+        if code is not None and not self._closed and not self._backlog:
+            # Best effort: the socket is cut either way.
+            with contextlib.suppress(OSError):
+                self.sock.send(frames.encode_close(code, reason), socket.MSG_DONTWAIT)
+        self._closed = True
+        self._aborted = True
+        with contextlib.suppress(OSError):  # the peer is gone already
+            self.sock.shutdown(socket.SHUT_RDWR)
+        # A full outbox means the writer is sending: it fails on the shut socket.
+        with contextlib.suppress(queue.Full):
+            self._outbox.put_nowait(None)
+
+    def _shutdown_write(self) -> None:
+        with contextlib.suppress(OSError):  # the peer is gone already
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def _set_end_reason(self, reason: str) -> None:
+        if not self.end_reason:
+            self.end_reason = reason
+
+    # Writer thread.
+
+    def _write_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self.sock, select.POLLOUT)
+        while True:
+            data = self._outbox.get()
+            if data is None or self._aborted or not self._write_all(data, poller):
+                return
+            with self._lock:
+                if self._outbox.empty():
+                    self._backlog = False
+                    if self._closed:
+                        self._shutdown_write()
+
+    def _write_all(self, data: bytes, poller: select.poll) -> bool:
+        """Write ``data`` within the write timeout, or abort the session."""
+        view = memoryview(data)
+        deadline = time.monotonic() + self._config.write_timeout
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(remaining * 1000):
+                self.abort(
+                    f"too slow: no write for {self._config.write_timeout:g} s",
+                    frames.POLICY_VIOLATION,
+                )
+                return False
+            try:
+                sent = self.sock.send(view, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                self.abort(f"send failed: {exc}")
+                return False
+            view = view[sent:]
+        return True
+
+    # Reader: runs in the connection's thread.
+
+    def run(self) -> None:
+        """Serve the client until it leaves; returns once both threads are done."""
+        self._writer.start()
+        self._dispatcher.join(self)
+        try:
+            self._read_loop()
+        except TimeoutError:
+            self.abort("closing handshake timed out")
+        except OSError as exc:
+            self.abort(f"connection lost: {exc}")
+        finally:
+            self.abort("connection closed")
+            self._writer.join()
+            self._leave()
+
+    def _read_loop(self) -> None:
+        while True:
+            data = self._receive()
+            if not data:
+                self._set_end_reason("connection lost without a close frame (1006)")
+                return
+            self.last_seen = time.monotonic()
+            if self._left:
+                continue  # after a close, the rest is read and dropped
+            self._connection.receive_data(data)
+            for event in self._connection.events():
+                if not self._handle(event):
+                    return
+                if self._left:
+                    break
+
+    def _receive(self) -> bytes:
+        """Read from the socket; after the session left, only until the deadline."""
+        if self._close_deadline != float("inf"):
+            remaining = self._close_deadline - time.monotonic()
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            if not poller.poll(max(remaining, 0) * 1000):
+                raise TimeoutError
+        return self.sock.recv(RECEIVE_BYTES)
+
+    def _handle(self, event: Event) -> bool:
+        """Act on one event; False when the connection is done."""
+        if isinstance(event, TextMessage):
+            self._on_text(event)
+        elif isinstance(event, BytesMessage):
+            self._fail(frames.UNSUPPORTED_DATA, "binary messages are not accepted")
+        elif isinstance(event, Ping):
+            self.send(frames.encode_pong(event.payload))
+        elif isinstance(event, CloseConnection):
+            return self._on_close(event)
+        return True
+
+    def _on_close(self, event: CloseConnection) -> bool:
+        if self._connection.state is ConnectionState.OPEN:
+            # wsproto found a protocol error and reports it as a close.
+            self._fail(event.code, event.reason or "protocol error")
+            return True
+        with self._lock:
+            closing_handshake_done = self._closed
+        if closing_handshake_done:
+            self._set_end_reason(f"closed by the server, client replied ({event.code})")
+            return False
+        reason = event.reason or ""
+        self._leave(
+            frames.encode_close(event.code, reason),
+            f"closed by the client ({event.code}{': ' + reason if reason else ''})",
+        )
+        return True
+
+    def _on_text(self, event: TextMessage) -> None:
+        self._message_bytes += len(event.data.encode("utf-8"))
+        if self._message_bytes > self._config.max_message_bytes:
+            self._fail(
+                frames.MESSAGE_TOO_BIG,
+                f"message over {self._config.max_message_bytes} bytes",
+            )
+            return
+        self._parts.append(event.data)
+        if event.message_finished:
+            message = "".join(self._parts)
+            self._parts.clear()
+            self._message_bytes = 0
+            self._on_message(message)
+
+    def _on_message(self, message: str) -> None:
+        verdict = self._limiter.check(time.monotonic())
+        if verdict is not Verdict.ALLOW:
+            logger.debug("%s (%s): rate limited, dropped", self.name, self.address)
+            if verdict is Verdict.DROP_AND_NOTIFY:
+                logger.info(
+                    "%s (%s): over the rate limit, dropping messages",
+                    self.name,
+                    self.address,
+                )
+                self._dispatcher.notify(
+                    self,
+                    f"rate limit: at most {self._limiter.limit} messages every "
+                    f"{self._limiter.window:g} s; messages dropped",
+                )
+            return
+        if is_blank(message):
+            return
+        try:
+            check_message(message, self._config.max_message_chars)
+        except InvalidMessage as exc:
+            logger.info("%s (%s): %s", self.name, self.address, exc)
+            self._dispatcher.notify(self, str(exc))
+            return
+        self._dispatcher.chat(self, message)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close the connection for a fault of the client's."""
+        self._leave(frames.encode_close(code, reason), f"{reason} ({code})")
+
+    def _leave(self, close_frame: bytes | None = None, reason: str = "") -> None:
+        """Leave the room once, handing the close frame to the dispatcher.
+
+        Going through the dispatcher sends the close frame after every
+        message the client was sent before it. The reader then reads only
+        until the client closes its side, or the close timeout.
+        """
+        if self._left:
+            return
+        self._left = True
+        if reason:
+            with self._lock:
+                self._set_end_reason(reason)
+        self._close_deadline = time.monotonic() + self._config.close_timeout
+        self._dispatcher.leave(self, close_frame)

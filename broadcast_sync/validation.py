@@ -1,0 +1,64 @@
+"""Checks on what users type: usernames and chat messages.
+
+Nothing here knows about sockets; the server turns a failed check into an
+HTTP status (for a username) or a notice to the sender (for a message).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+
+class InvalidUsername(ValueError):
+    """The requested username cannot be used; the message says why."""
+
+
+class InvalidMessage(ValueError):
+    """A chat message is not broadcast; the message says why."""
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a control character (C0, DEL or C1).
+
+    Escape sequences start with one, so rejecting them keeps other users'
+    terminals safe.
+    """
+    return any(unicodedata.category(char) == "Cc" for char in text)
+
+
+def clean_username(requested: str, max_chars: int) -> str:
+    """Return the username to use for ``requested``, trimmed of whitespace.
+
+    Raises:
+        InvalidUsername: if it is empty, too long or holds control characters.
+    """
+    username = requested.strip()
+    if not username:
+        raise InvalidUsername("username is empty")
+    if len(username) > max_chars:
+        raise InvalidUsername(
+            f"username is longer than {max_chars} characters ({len(username)})"
+        )
+    if has_control_characters(username):
+        raise InvalidUsername("username contains control characters")
+    return username
+
+
+def is_blank(message: str) -> bool:
+    """Whether a message is empty or only whitespace, and so ignored."""
+    return not message or message.isspace()
+
+
+def check_message(message: str, max_chars: int) -> None:
+    """Check a chat message before it is broadcast.
+
+    Raises:
+        InvalidMessage: if it is too long or holds control characters.
+    """
+    if len(message) > max_chars:
+        raise InvalidMessage(
+            f"message not sent: it is {len(message)} characters long, "
+            f"the limit is {max_chars}"
+        )
+    if has_control_characters(message):
+        raise InvalidMessage("message not sent: it contains control characters")

@@ -1,0 +1,87 @@
+"""Shared helpers: a real server on an ephemeral port, and real clients."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import simple_websocket
+
+from broadcast_sync.client import ChatClient
+from broadcast_sync.config import ServerConfig
+from broadcast_sync.server import BroadcastServer
+
+#: Seconds; every timeout in the tests is a multiple of it. Raise it with
+#: BROADCAST_TEST_UNIT on a slow machine.
+UNIT = float(os.environ.get("BROADCAST_TEST_UNIT", "1"))
+
+#: Names of the server's threads, which must all be gone after a test.
+SERVER_THREAD_PREFIXES = ("reader ", "writer ", "dispatcher", "heartbeat", "acceptor")
+
+
+@contextlib.contextmanager
+def run_server(**options: Any) -> Iterator[BroadcastServer]:
+    """Run a server on 127.0.0.1 and an ephemeral port; always stop it."""
+    config = ServerConfig(host="127.0.0.1", port=0, **options)
+    server = BroadcastServer(config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def server() -> Iterator[BroadcastServer]:
+    """A server with the default options."""
+    with run_server() as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def no_threads_left_behind() -> Iterator[None]:
+    """Fail a test that leaves a server thread running."""
+    yield
+    left = [
+        thread.name
+        for thread in threading.enumerate()
+        if thread.name.startswith(SERVER_THREAD_PREFIXES)
+    ]
+    assert not left, f"threads left running: {left}"
+
+
+def connect(server: BroadcastServer, username: str | None = None) -> ChatClient:
+    """Connect a WebSocket client; ``None`` sends no username."""
+    query = "" if username is None else f"?username={username}"
+    return ChatClient.connect(f"ws://127.0.0.1:{server.port}/ws{query}")
+
+
+def receive(ws: simple_websocket.Client, timeout: float = 5 * UNIT) -> str | bytes:
+    """The next message, or fail after ``timeout`` seconds."""
+    message = ws.receive(timeout=timeout)
+    assert message is not None, f"no message within {timeout} s"
+    return message  # type: ignore[no-any-return]
+
+
+def join(server: BroadcastServer, username: str) -> ChatClient:
+    """Connect and consume the client's own join notice."""
+    ws = connect(server, username)
+    notice = receive(ws)
+    assert isinstance(notice, str)
+    assert notice.endswith(" has joined the chat"), notice
+    return ws
+
+
+def http_exchange(port: int, request: bytes, timeout: float = 5 * UNIT) -> bytes:
+    """Send raw ``request`` bytes and return everything the server answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
