@@ -61,7 +61,7 @@ man: $(STAMP)
 
 coverage: $(STAMP)
 	$(BIN)/coverage erase
-	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/coverage run -m pytest -q
+	$(BIN)/coverage run -m pytest -q
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report --show-missing --skip-covered
 

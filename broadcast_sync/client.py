@@ -25,6 +25,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 
 from broadcast_sync.terminal import PROMPT, Console
+from broadcast_sync.validation import escape_controls
 
 #: How long the server may take to answer the handshake.
 HANDSHAKE_TIMEOUT = 10.0
@@ -119,7 +120,8 @@ class _Session:
 
 def run_client(host: str, port: int, username: str) -> int:
     """Chat until end of input, Ctrl+C, or the server closes; return the exit status."""
-    print(f"Connecting to {host}:{port} as {username}...", flush=True)
+    where = escape_controls(f"{host}:{port} as {username}")
+    print(f"Connecting to {where}...", flush=True)
     try:
         ws = ChatClient.connect(chat_url(host, port, username))
     except HandshakeRejected as exc:

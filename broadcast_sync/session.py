@@ -33,7 +33,12 @@ from wsproto.events import (
 
 from broadcast_sync import frames
 from broadcast_sync.ratelimit import RateLimiter, Verdict
-from broadcast_sync.validation import InvalidMessage, check_message, is_blank
+from broadcast_sync.validation import (
+    InvalidMessage,
+    check_message,
+    escape_controls,
+    is_blank,
+)
 
 if TYPE_CHECKING:
     from broadcast_sync.config import ServerConfig
@@ -279,9 +284,9 @@ class Session:
             self._set_end_reason(f"closed by the server, client replied ({event.code})")
             return False
         reason = event.reason or ""
+        shown = f"{event.code}: {escape_controls(reason)}" if reason else event.code
         self._leave(
-            frames.encode_close(event.code, reason),
-            f"closed by the client ({event.code}{': ' + reason if reason else ''})",
+            frames.encode_close(event.code, reason), f"closed by the client ({shown})"
         )
         return True
 

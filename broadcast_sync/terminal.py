@@ -8,10 +8,7 @@ from __future__ import annotations
 import threading
 from typing import TextIO
 
-#: Every control character (C0, DEL and C1) mapped to a visible escape.
-_CONTROL_ESCAPES = {
-    code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]
-}
+from broadcast_sync.validation import escape_controls
 
 # Written around an incoming line when the user may be typing: save the
 # cursor, open a blank line above the input line, print there, and put the
@@ -21,15 +18,6 @@ _ABOVE_INPUT_AFTER = "\n\x1b8\x1b[B"
 
 #: Shown where the user types.
 PROMPT = "> "
-
-
-def escape_controls(text: str) -> str:
-    """Show control characters as ``\\xNN``.
-
-    Defence in depth: the server rejects them, but a hostile server must not
-    be able to drive the user's terminal with escape sequences.
-    """
-    return text.translate(_CONTROL_ESCAPES)
 
 
 class Console:

@@ -17,6 +17,18 @@ class InvalidMessage(ValueError):
     """A chat message is not broadcast; the message says why."""
 
 
+#: Every control character (C0, DEL and C1) mapped to a visible escape.
+_CONTROL_ESCAPES = {
+    code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]
+}
+
+
+def escape_controls(text: str) -> str:
+    """Show control characters as ``\\xNN``, so that text from a peer cannot
+    drive a terminal with escape sequences when it is printed or logged."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
 def has_control_characters(text: str) -> bool:
     """Whether ``text`` holds a control character (C0, DEL or C1).
 
