@@ -14,7 +14,7 @@ from types import FrameType
 
 from broadcast_sync import __version__
 from broadcast_sync.client import run_client
-from broadcast_sync.config import ServerConfig
+from broadcast_sync.config import Mode, ServerConfig
 from broadcast_sync.server import BroadcastServer
 
 DEFAULT_PORT = 8080
@@ -57,6 +57,16 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=_port,
         default=os.environ.get("PORT", str(DEFAULT_PORT)),
         help="port to listen on (default: $PORT, else 8080)",
+    )
+    start.add_argument(
+        "--mode",
+        choices=[mode.value for mode in Mode],
+        default=DEFAULTS.mode.value,
+        help=(
+            "chat: text messages broadcast as 'NAME: MESSAGE', with join and "
+            "leave notices; relay: text and binary messages broadcast verbatim, "
+            "no notices (default: %(default)s)"
+        ),
     )
     start.add_argument(
         "--allowed-origin",
@@ -204,6 +214,7 @@ def _start(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host,
         port=args.port,
+        mode=Mode(args.mode),
         allowed_origins=tuple(args.allowed_origins),
         rate_limit=args.rate_limit,
         rate_window=args.rate_window,

@@ -62,7 +62,10 @@ class ChatClient(simple_websocket.Client):  # type: ignore[misc]
             for event in self.ws.events():
                 if isinstance(event, AcceptConnection):
                     self.sock.settimeout(None)
+                    # Frames that came with the response: simple-websocket's
+                    # thread would only see them when more data arrives.
                     self.connected = True
+                    self.connected = self._handle_events()
                     return
                 if isinstance(event, RejectConnection):
                     status = event.status_code

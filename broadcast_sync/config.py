@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
+
+
+class Mode(enum.Enum):
+    """What the server does with a message."""
+
+    #: Text only, broadcast as ``NAME: MESSAGE``, with join and leave notices.
+    CHAT = "chat"
+    #: Text and binary messages broadcast verbatim; no notices.
+    RELAY = "relay"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -11,6 +21,7 @@ class ServerConfig:
 
     host: str = "0.0.0.0"
     port: int = 8080
+    mode: Mode = Mode.CHAT
 
     # Origins
     # Empty: browsers must be same-origin; "*" in the tuple allows any origin.

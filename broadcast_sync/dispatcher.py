@@ -1,8 +1,8 @@
 """The dispatcher: one thread that puts every message in one order.
 
-Readers hand it joins, chat messages, notices and leaves through a bounded
-inbox; it turns them into frames and fans each batch out to every member of
-the room, so every client sees the same order.
+Readers hand it joins, broadcast frames, notices and leaves through a bounded
+inbox; it fans each batch out to every member of the room, so every client
+sees the same order.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from broadcast_sync import frames
-from broadcast_sync.hub import SERVER_NAME, Hub
+from broadcast_sync import frames, messages
+from broadcast_sync.hub import Hub
 
 if TYPE_CHECKING:
-    from broadcast_sync.config import ServerConfig
     from broadcast_sync.session import Session
 
 logger = logging.getLogger(__name__)
@@ -36,15 +35,14 @@ class _Join:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Chat:
-    session: Session
-    text: str
+class _Broadcast:
+    frame: bytes
 
 
 @dataclasses.dataclass(frozen=True)
-class _Notice:
+class _SendTo:
     session: Session
-    text: str
+    frame: bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,16 +56,11 @@ class _Stop:
     pass
 
 
-_Item = _Join | _Chat | _Notice | _Leave | _Stop
-
-
-def server_notice(text: str) -> str:
-    """A message from the server itself."""
-    return f"{SERVER_NAME}: {text}"
+_Item = _Join | _Broadcast | _SendTo | _Leave | _Stop
 
 
 class Dispatcher:
-    """Orders messages and fans them out to every member of the hub.
+    """Orders frames and fans them out to every member of the hub.
 
     Strategy: batching. The thread drains its inbox and joins the frames of
     everything it found into one buffer, sent with one system call per
@@ -76,9 +69,13 @@ class Dispatcher:
     one, so that each carries more messages for the same cost.
     """
 
-    def __init__(self, hub: Hub[Session], config: ServerConfig) -> None:
+    def __init__(
+        self, hub: Hub[Session], *, batch_window: float, announce: bool
+    ) -> None:
+        """``announce``: broadcast join and leave notices (chat mode)."""
         self._hub = hub
-        self._batch_window = config.batch_window
+        self._batch_window = batch_window
+        self._announce = announce
         self._inbox: queue.Queue[_Item] = queue.Queue(INBOX_SIZE)
         #: Set when the thread has stopped: puts would never be taken.
         self._stopped = threading.Event()
@@ -96,19 +93,19 @@ class Dispatcher:
     # Called from reader threads.
 
     def join(self, session: Session) -> None:
-        """Add ``session`` to the room and announce it."""
+        """Add ``session`` to the room."""
         self._put(_Join(session))
 
-    def chat(self, session: Session, text: str) -> None:
-        """Broadcast ``text`` from ``session`` to everybody."""
-        self._put(_Chat(session, text))
+    def broadcast(self, frame: bytes) -> None:
+        """Send an encoded ``frame`` to every member."""
+        self._put(_Broadcast(frame))
 
-    def notify(self, session: Session, text: str) -> None:
-        """Send a server notice to ``session`` alone."""
-        self._put(_Notice(session, text))
+    def send_to(self, session: Session, frame: bytes) -> None:
+        """Send an encoded ``frame`` to ``session`` alone, in order."""
+        self._put(_SendTo(session, frame))
 
     def leave(self, session: Session, close_frame: bytes | None) -> None:
-        """Remove ``session`` and announce it, closing it with ``close_frame``."""
+        """Remove ``session``, closing it with ``close_frame`` if given."""
         self._put(_Leave(session, close_frame))
 
     def _put(self, item: _Item) -> None:
@@ -148,21 +145,18 @@ class Dispatcher:
         """Send ``items`` in order; False once told to stop."""
         pending: list[bytes] = []
         for item in items:
-            if isinstance(item, _Chat):
-                logger.debug("%s: %s", item.session.name, item.text)
-                pending.append(
-                    frames.encode_message(f"{item.session.name}: {item.text}")
-                )
+            if isinstance(item, _Broadcast):
+                pending.append(item.frame)
                 continue
             # Everything else changes who receives what: send what came first.
             self._fan_out(pending)
             pending = []
             if isinstance(item, _Join):
-                pending.append(self._add(item.session))
+                pending += self._add(item.session)
             elif isinstance(item, _Leave):
-                pending.append(self._remove(item.session, item.close_frame))
-            elif isinstance(item, _Notice):
-                item.session.send(frames.encode_message(server_notice(item.text)))
+                pending += self._remove(item.session, item.close_frame)
+            elif isinstance(item, _SendTo):
+                item.session.send(item.frame)
             else:
                 self._close_all()
                 return False
@@ -177,16 +171,14 @@ class Dispatcher:
             for member in members:
                 member.send(data)
 
-    def _add(self, session: Session) -> bytes:
+    def _add(self, session: Session) -> list[bytes]:
         count = self._hub.add_member(session)
         logger.info(
             "%s (%s) joined; %d connected", session.name, session.address, count
         )
-        return frames.encode_message(
-            server_notice(f"{session.name} has joined the chat")
-        )
+        return self._notice(messages.joined(session.name))
 
-    def _remove(self, session: Session, close_frame: bytes | None) -> bytes:
+    def _remove(self, session: Session, close_frame: bytes | None) -> list[bytes]:
         count = self._hub.remove_member(session)
         if close_frame is not None:
             session.close(close_frame, session.end_reason)
@@ -197,7 +189,10 @@ class Dispatcher:
             session.end_reason,
             count,
         )
-        return frames.encode_message(server_notice(f"{session.name} has left the chat"))
+        return self._notice(messages.left(session.name))
+
+    def _notice(self, text: str) -> list[bytes]:
+        return [frames.encode_message(text)] if self._announce else []
 
     def _close_all(self) -> None:
         members = self._hub.members()

@@ -8,8 +8,7 @@ import threading
 from collections.abc import Collection, Iterator
 from typing import Generic, Protocol, TypeVar
 
-#: The name of the server's own notices; no user may take it.
-SERVER_NAME = "Server"
+from broadcast_sync.messages import SERVER_NAME
 
 
 class Named(Protocol):

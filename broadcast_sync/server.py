@@ -15,7 +15,7 @@ import time
 from http import HTTPStatus
 from types import TracebackType
 
-from broadcast_sync.config import ServerConfig
+from broadcast_sync.config import Mode, ServerConfig
 from broadcast_sync.dispatcher import Dispatcher
 from broadcast_sync.handshake import (
     HandshakeError,
@@ -62,7 +62,11 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.hub: Hub[Session] = Hub(config.max_clients, config.max_username_chars)
-        self.dispatcher = Dispatcher(self.hub, config)
+        self.dispatcher = Dispatcher(
+            self.hub,
+            batch_window=config.batch_window,
+            announce=config.mode is Mode.CHAT,
+        )
         self.heartbeat = Heartbeat(self.hub, config)
         #: Guards ``_connections``: each open socket and the thread serving it.
         self._connections_lock = threading.Lock()

@@ -31,7 +31,9 @@ from wsproto.events import (
     TextMessage,
 )
 
-from broadcast_sync import frames
+from broadcast_sync import frames, messages
+from broadcast_sync.assembler import MessageAssembler, MessageTooBig
+from broadcast_sync.config import Mode
 from broadcast_sync.ratelimit import RateLimiter, Verdict
 from broadcast_sync.validation import (
     InvalidMessage,
@@ -84,8 +86,8 @@ class Session:
             ConnectionType.SERVER, trailing_data=trailing_data
         )
         self._limiter = RateLimiter(config.rate_limit, config.rate_window)
-        self._parts: list[str] = []
-        self._message_bytes = 0
+        self._assembler = MessageAssembler(config.max_message_bytes)
+        self._relay = config.mode is Mode.RELAY
         self._left = False
         self._close_deadline = float("inf")
 
@@ -236,20 +238,26 @@ class Session:
             self._leave()
 
     def _read_loop(self) -> None:
-        while True:
+        # Events first: the handshake may have read the first frames already.
+        while self._handle_events():
             data = self._receive()
             if not data:
                 self._set_end_reason("connection lost without a close frame (1006)")
                 return
             self.last_seen = time.monotonic()
+            if not self._left:  # after leaving, the rest is read and dropped
+                self._connection.receive_data(data)
+
+    def _handle_events(self) -> bool:
+        """Act on the events received so far; False when the connection is done."""
+        if self._left:
+            return True
+        for event in self._connection.events():
+            if not self._handle(event):
+                return False
             if self._left:
-                continue  # after a close, the rest is read and dropped
-            self._connection.receive_data(data)
-            for event in self._connection.events():
-                if not self._handle(event):
-                    return
-                if self._left:
-                    break
+                break
+        return True
 
     def _receive(self) -> bytes:
         """Read from the socket; after the session left, only until the deadline."""
@@ -263,10 +271,8 @@ class Session:
 
     def _handle(self, event: Event) -> bool:
         """Act on one event; False when the connection is done."""
-        if isinstance(event, TextMessage):
-            self._on_text(event)
-        elif isinstance(event, BytesMessage):
-            self._fail(frames.UNSUPPORTED_DATA, "binary messages are not accepted")
+        if isinstance(event, (TextMessage, BytesMessage)):
+            self._on_data(event)
         elif isinstance(event, Ping):
             self.send(frames.encode_pong(event.payload))
         elif isinstance(event, CloseConnection):
@@ -290,46 +296,61 @@ class Session:
         )
         return True
 
-    def _on_text(self, event: TextMessage) -> None:
-        self._message_bytes += len(event.data.encode("utf-8"))
-        if self._message_bytes > self._config.max_message_bytes:
-            self._fail(
-                frames.MESSAGE_TOO_BIG,
-                f"message over {self._config.max_message_bytes} bytes",
-            )
+    def _on_data(self, event: TextMessage | BytesMessage) -> None:
+        if isinstance(event, BytesMessage) and not self._relay:
+            self._fail(frames.UNSUPPORTED_DATA, "binary messages are not accepted")
             return
-        self._parts.append(event.data)
-        if event.message_finished:
-            message = "".join(self._parts)
-            self._parts.clear()
-            self._message_bytes = 0
-            self._on_message(message)
+        try:
+            message = self._assembler.add(event.data, event.message_finished)
+        except MessageTooBig as exc:
+            self._fail(frames.MESSAGE_TOO_BIG, str(exc))
+            return
+        if message is None:
+            return
+        if not self._within_rate():
+            return
+        if self._relay:
+            self._dispatcher.broadcast(frames.encode_message(message))
+        else:
+            assert isinstance(message, str)  # binary was refused above
+            self._on_chat(message)
 
-    def _on_message(self, message: str) -> None:
+    def _within_rate(self) -> bool:
+        """Count a message against the rate limit; False to drop it."""
         verdict = self._limiter.check(time.monotonic())
-        if verdict is not Verdict.ALLOW:
-            logger.debug("%s (%s): rate limited, dropped", self.name, self.address)
-            if verdict is Verdict.DROP_AND_NOTIFY:
-                logger.info(
-                    "%s (%s): over the rate limit, dropping messages",
-                    self.name,
-                    self.address,
-                )
-                self._dispatcher.notify(
-                    self,
+        if verdict is Verdict.ALLOW:
+            return True
+        logger.debug("%s (%s): rate limited, dropped", self.name, self.address)
+        if verdict is Verdict.DROP_AND_NOTIFY:
+            logger.info(
+                "%s (%s): over the rate limit, dropping messages",
+                self.name,
+                self.address,
+            )
+            if not self._relay:  # relayed data gets no text mixed in
+                self._notify(
                     f"rate limit: at most {self._limiter.limit} messages every "
-                    f"{self._limiter.window:g} s; messages dropped",
+                    f"{self._limiter.window:g} s; messages dropped"
                 )
-            return
+        return False
+
+    def _on_chat(self, message: str) -> None:
         if is_blank(message):
             return
         try:
             check_message(message, self._config.max_message_chars)
         except InvalidMessage as exc:
             logger.info("%s (%s): %s", self.name, self.address, exc)
-            self._dispatcher.notify(self, str(exc))
+            self._notify(str(exc))
             return
-        self._dispatcher.chat(self, message)
+        logger.debug("%s: %s", self.name, message)
+        line = messages.chat_line(self.name, message)
+        self._dispatcher.broadcast(frames.encode_message(line))
+
+    def _notify(self, text: str) -> None:
+        """Send a server notice to this client alone."""
+        notice = frames.encode_message(messages.server_notice(text))
+        self._dispatcher.send_to(self, notice)
 
     def _fail(self, code: int, reason: str) -> None:
         """Close the connection for a fault of the client's."""

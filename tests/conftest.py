@@ -58,7 +58,8 @@ def no_threads_left_behind() -> Iterator[None]:
 def connect(server: BroadcastServer, username: str | None = None) -> ChatClient:
     """Connect a WebSocket client; ``None`` sends no username."""
     query = "" if username is None else f"?username={username}"
-    return ChatClient.connect(f"ws://127.0.0.1:{server.port}/ws{query}")
+    client: ChatClient = ChatClient.connect(f"ws://127.0.0.1:{server.port}/ws{query}")
+    return client
 
 
 def receive(ws: simple_websocket.Client, timeout: float = 5 * UNIT) -> str | bytes:
