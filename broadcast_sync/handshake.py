@@ -12,6 +12,7 @@ import binascii
 import dataclasses
 import hashlib
 import socket
+import time
 import urllib.parse
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -55,17 +56,20 @@ class Request:
     username: str | None
 
 
-def read_request(sock: socket.socket) -> tuple[h11.Request, bytes]:
-    """Read one HTTP request head from ``sock``.
+def read_request(sock: socket.socket, timeout: float) -> tuple[h11.Request, bytes]:
+    """Read one HTTP request head from ``sock`` within ``timeout`` seconds.
 
-    The socket's timeout bounds each read. Returns the request and the bytes
-    that followed it (frames a client sent before our response arrived).
+    The timeout bounds the whole head, not each read, so a client trickling
+    bytes cannot hold the connection's thread. Returns the request and the
+    bytes that followed it (frames a client sent before our response).
 
     Raises:
         HandshakeError: if the request is malformed, too large or cut short.
-        TimeoutError: if the client goes quiet.
+        TimeoutError: if the head does not arrive in time.
     """
     connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+    deadline = time.monotonic() + timeout
+    received = 0
     while True:
         try:
             event = connection.next_event()
@@ -73,16 +77,39 @@ def read_request(sock: socket.socket) -> tuple[h11.Request, bytes]:
             status = HTTPStatus(exc.error_status_hint)
             raise HandshakeError(status, f"malformed HTTP request: {exc}") from exc
         if isinstance(event, h11.Request):
-            return event, connection.trailing_data[0]
-        if event is h11.NEED_DATA:
-            data = sock.recv(RECEIVE_BYTES)
-            if not data:
-                raise HandshakeError(
-                    HTTPStatus.BAD_REQUEST, "connection closed during the handshake"
-                )
-            connection.receive_data(data)
-        else:  # pragma: no cover - a server connection yields Request first
+            trailing_data = connection.trailing_data[0]
+            if received - len(trailing_data) > MAX_REQUEST_BYTES:
+                raise _head_too_large()
+            return event, trailing_data
+        if event is not h11.NEED_DATA:  # pragma: no cover - Request comes first
             raise HandshakeError(HTTPStatus.BAD_REQUEST, "unexpected HTTP event")
+        # Read no further than one byte past the limit.
+        room = MAX_REQUEST_BYTES + 1 - received
+        if room <= 0:
+            raise _head_too_large()
+        data = _receive_by(sock, deadline, min(RECEIVE_BYTES, room))
+        received += len(data)
+        connection.receive_data(data)
+
+
+def _receive_by(sock: socket.socket, deadline: float, size: int) -> bytes:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError
+    sock.settimeout(remaining)
+    data = sock.recv(size)
+    if not data:
+        raise HandshakeError(
+            HTTPStatus.BAD_REQUEST, "connection closed during the handshake"
+        )
+    return data
+
+
+def _head_too_large() -> HandshakeError:
+    return HandshakeError(
+        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+        f"request head over {MAX_REQUEST_BYTES} bytes",
+    )
 
 
 def parse_request(request: h11.Request) -> Request:

@@ -50,7 +50,8 @@ class Hub(Generic[MemberT]):
         shortened so that the result stays within ``max_name_chars``.
 
         Raises:
-            RoomFull: if ``max_clients`` names are reserved already.
+            RoomFull: if ``max_clients`` names are reserved already, or no
+                variant of the name fits ``max_name_chars``.
         """
         with self.lock:
             if len(self._names) >= self.max_clients:
@@ -64,7 +65,10 @@ class Hub(Generic[MemberT]):
             return requested
         for number in itertools.count(1):
             suffix = f"_{number}"
-            candidate = requested[: self.max_name_chars - len(suffix)] + suffix
+            keep = self.max_name_chars - len(suffix)
+            if keep < 0:
+                raise RoomFull(f"no free name like {requested!r}")
+            candidate = requested[:keep] + suffix
             if self._is_free(candidate):
                 return candidate
         raise AssertionError("unreachable")  # pragma: no cover

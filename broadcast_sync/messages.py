@@ -4,11 +4,13 @@ from __future__ import annotations
 
 #: The name on the server's own notices; no user may take it.
 SERVER_NAME = "Server"
+#: Between the name and the text of a chat line.
+NAME_SEPARATOR = ": "
 
 
 def chat_line(name: str, text: str) -> str:
     """A user's message as everybody sees it."""
-    return f"{name}: {text}"
+    return f"{name}{NAME_SEPARATOR}{text}"
 
 
 def server_notice(text: str) -> str:

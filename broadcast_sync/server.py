@@ -68,9 +68,12 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
             announce=config.mode is Mode.CHAT,
         )
         self.heartbeat = Heartbeat(self.hub, config)
-        #: Guards ``_connections``: each open socket and the thread serving it.
+        #: Guards ``_connections`` and ``_exited``.
         self._connections_lock = threading.Lock()
+        #: Each open socket and the thread serving it.
         self._connections: dict[socket.socket, threading.Thread] = {}
+        #: Threads whose socket is closed, still to be joined.
+        self._exited: list[threading.Thread] = []
         #: Set by :meth:`stop`: handshakes that finish afterwards get 503.
         self._stopping = threading.Event()
         self._acceptor = threading.Thread(
@@ -134,7 +137,7 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
 
     def _connection_threads(self) -> list[threading.Thread]:
         with self._connections_lock:
-            return list(self._connections.values())
+            return [*self._connections.values(), *self._exited]
 
     def process_request(
         self,
@@ -149,7 +152,10 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         )
         with self._connections_lock:
             self._connections[request] = thread
+            exited, self._exited = self._exited, []
         thread.start()
+        for done in exited:
+            done.join()  # it has finished its work: this returns at once
 
     def _serve_connection(
         self, request: socket.socket, client_address: tuple[str, int]
@@ -159,8 +165,11 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         except Exception:
             logger.exception("error serving %s", format_address(client_address))
         finally:
+            # Out of _connections before the socket is closed: stop() cuts
+            # open sockets only. Into _exited, so that somebody joins it.
             with self._connections_lock:
                 del self._connections[request]
+                self._exited.append(threading.current_thread())
             self.shutdown_request(request)
 
 
@@ -174,7 +183,6 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         """Serve one connection from its handshake to its end."""
         address = format_address(self.client_address)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.request.settimeout(self.server.config.handshake_timeout)
         try:
             name, key, trailing_data = self._handshake()
         except HandshakeError as exc:
@@ -211,7 +219,9 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             request.
         """
         config = self.server.config
-        http_request, trailing_data = read_request(self.request)
+        http_request, trailing_data = read_request(
+            self.request, config.handshake_timeout
+        )
         request = parse_request(http_request)
         check_origin(request, config.allowed_origins)
         requested = request.username

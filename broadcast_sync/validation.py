@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from broadcast_sync.messages import NAME_SEPARATOR
+
 
 class InvalidUsername(ValueError):
     """The requested username cannot be used; the message says why."""
@@ -53,6 +55,9 @@ def clean_username(requested: str, max_chars: int) -> str:
         )
     if has_control_characters(username):
         raise InvalidUsername("username contains control characters")
+    if NAME_SEPARATOR in username:
+        # "Server: x" would pass its messages off as the server's notices.
+        raise InvalidUsername(f"username contains {NAME_SEPARATOR!r}")
     return username
 
 
