@@ -165,6 +165,22 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "server sends at once; 0 flushes every time (default: %(default)s)"
         ),
     )
+    timing.add_argument(
+        "--handshake-timeout",
+        type=_positive_float,
+        default=DEFAULTS.handshake_timeout,
+        metavar="SECONDS",
+        help="a handshake not received within this is refused with 408 "
+        "(default: %(default)s)",
+    )
+    timing.add_argument(
+        "--close-timeout",
+        type=_positive_float,
+        default=DEFAULTS.close_timeout,
+        metavar="SECONDS",
+        help="how long a closing handshake may take before the connection is "
+        "cut (default: %(default)s)",
+    )
     start.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
@@ -227,6 +243,8 @@ def _start(args: argparse.Namespace) -> int:
         pong_timeout=args.pong_timeout,
         write_timeout=args.write_timeout,
         batch_window=args.batch_window,
+        handshake_timeout=args.handshake_timeout,
+        close_timeout=args.close_timeout,
     )
     stop_requested = threading.Event()
 
@@ -249,7 +267,10 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    return run_client(args.host, args.port, args.username)
+    try:
+        return run_client(args.host, args.port, args.username)
+    except KeyboardInterrupt:  # while connecting
+        return 130
 
 
 def _port(text: str) -> int:

@@ -13,8 +13,11 @@ import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from types import FrameType
 
 import simple_websocket
+from simple_websocket.errors import SimpleWebsocketError
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,
@@ -23,6 +26,7 @@ from wsproto.events import (
     Request,
 )
 from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
 
 from broadcast_sync.terminal import PROMPT, Console
 from broadcast_sync.validation import escape_controls
@@ -43,11 +47,13 @@ class HandshakeRejected(Exception):
 
 
 class ChatClient(simple_websocket.Client):  # type: ignore[misc]
-    """simple-websocket's client, with two changes.
+    """simple-websocket's client, with a few changes.
 
     A refused handshake raises :class:`HandshakeRejected` with the server's
-    reason; and :meth:`close` waits for the server's close frame before it
-    closes the socket, so that nothing sent just before is lost.
+    reason; frames that arrive with the handshake's response are not left
+    waiting; a close from the server is answered (RFC 6455, section 5.5.1);
+    and :meth:`close` waits for the server's close frame before it closes
+    the socket, so that nothing sent just before is lost.
     """
 
     def handshake(self) -> None:
@@ -62,10 +68,7 @@ class ChatClient(simple_websocket.Client):  # type: ignore[misc]
             for event in self.ws.events():
                 if isinstance(event, AcceptConnection):
                     self.sock.settimeout(None)
-                    # Frames that came with the response: simple-websocket's
-                    # thread would only see them when more data arrives.
                     self.connected = True
-                    self.connected = self._handle_events()
                     return
                 if isinstance(event, RejectConnection):
                     status = event.status_code
@@ -82,9 +85,25 @@ class ChatClient(simple_websocket.Client):  # type: ignore[misc]
                     "the server closed the connection during the handshake"
                 )
 
+    def _thread(self) -> None:
+        # Frames that came with the handshake's response are in wsproto's
+        # buffer already: simple-websocket would only see them with more data.
+        self.connected = self._handle_events()
+        super()._thread()
+
+    def _handle_events(self) -> bool:
+        keep_going: bool = super()._handle_events()
+        if self.ws.state is ConnectionState.REMOTE_CLOSING:
+            # simple-websocket answers a close only on the server side.
+            with contextlib.suppress(OSError, LocalProtocolError):
+                self.sock.sendall(self.ws.send(CloseConnection(self.close_reason)))
+        return keep_going
+
     def close(self, reason: int | None = None, message: str | None = None) -> None:
         """Send a close frame, wait for the server's, then close the socket."""
-        if self.connected:
+        if not self.connected:
+            self.thread.join(CLOSE_TIMEOUT)  # it may be answering the server
+        else:
             frame = self.ws.send(
                 CloseConnection(reason or CloseReason.NORMAL_CLOSURE, message)
             )
@@ -129,21 +148,28 @@ def run_client(host: str, port: int, username: str) -> int:
         ws = ChatClient.connect(chat_url(host, port, username))
     except HandshakeRejected as exc:
         return _fail(f"the server refused the connection: {exc}")
-    except (OSError, ConnectionError) as exc:
+    except (OSError, SimpleWebsocketError) as exc:
         return _fail(f"cannot connect to {host}:{port}: {_describe(exc)}")
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     session = _Session(ws, Console(sys.stdout, interactive))
     receiver = threading.Thread(target=_receive_loop, args=(session,), name="receiver")
-    receiver.start()
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        # Ctrl+C, or the receiver waking us: from leaving on, closing goes on.
+        if not session.leaving:
+            raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGINT, interrupt)
     try:
+        receiver.start()
         _send_lines(session, _input_lines(interactive))
     except KeyboardInterrupt:
         if interactive:
             print()
-    finally:
-        session.leaving = True
-        ws.close()
-        receiver.join()
+    session.leaving = True
+    ws.close()
+    receiver.join()
+    signal.signal(signal.SIGINT, previous_handler)
     if session.lost is not None:
         return _fail(session.lost)
     return 0
