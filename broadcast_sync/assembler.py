@@ -31,11 +31,14 @@ class MessageAssembler:
             MessageTooBig: if the message is over ``max_bytes``.
         """
         if isinstance(fragment, str):
-            self._size += len(fragment.encode("utf-8"))
+            size = len(fragment.encode("utf-8"))
             self._text.append(fragment)
         else:
-            self._size += len(fragment)
+            size = len(fragment)
             self._binary.append(fragment)
+        # An empty fragment counts as one byte: endless empty frames must
+        # reach the limit too.
+        self._size += size or 1
         if self._size > self.max_bytes:
             raise MessageTooBig(f"message over {self.max_bytes} bytes")
         if not finished:

@@ -6,7 +6,8 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -86,3 +87,35 @@ def http_exchange(port: int, request: bytes, timeout: float = 5 * UNIT) -> bytes
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def receive_text(ws: ChatClient, timeout: float = 5 * UNIT) -> str:
+    """The next message, which must be text and come within ``timeout``."""
+    message = receive(ws, timeout)
+    assert isinstance(message, str), message
+    return message
+
+
+def join_all(server: BroadcastServer, names: Sequence[str]) -> list[ChatClient]:
+    """Join ``names`` in turn; each client has read every join notice so far."""
+    clients: list[ChatClient] = []
+    for name in names:
+        newcomer = join(server, name)
+        for client in clients:
+            assert receive_text(client) == f"Server: {name} has joined the chat"
+        clients.append(newcomer)
+    return clients
+
+
+def run_concurrently(tasks: Sequence[Callable[[], None]]) -> None:
+    """Run ``tasks`` in threads started together; re-raise their errors."""
+    start = threading.Barrier(len(tasks))
+
+    def started(task: Callable[[], None]) -> None:
+        start.wait(timeout=5 * UNIT)
+        task()
+
+    with ThreadPoolExecutor(len(tasks)) as pool:
+        futures = [pool.submit(started, task) for task in tasks]
+        for future in futures:
+            future.result()
