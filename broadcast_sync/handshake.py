@@ -8,7 +8,6 @@ reason sent back to the client.
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import hashlib
 import socket
@@ -119,7 +118,10 @@ def parse_request(request: h11.Request) -> Request:
         HandshakeError: 404 for another path, 400 for anything that is not a
             valid upgrade.
     """
-    target = urllib.parse.urlsplit(request.target.decode("ascii", "replace"))
+    try:
+        target = urllib.parse.urlsplit(request.target.decode("ascii", "replace"))
+    except ValueError as exc:
+        raise _bad_request(f"malformed request target: {exc}") from exc
     if target.path != WEBSOCKET_PATH:
         raise HandshakeError(HTTPStatus.NOT_FOUND, f"no such path: {target.path}")
     headers = _Headers(request.headers)
@@ -163,7 +165,11 @@ def check_origin(request: Request, allowed_origins: tuple[str, ...]) -> None:
     if allowed_origins:
         allowed = origin.lower() in (each.lower() for each in allowed_origins)
     else:
-        allowed = urllib.parse.urlsplit(origin).netloc.lower() == request.host.lower()
+        try:
+            netloc = urllib.parse.urlsplit(origin).netloc
+        except ValueError:
+            netloc = ""  # a malformed origin matches no host
+        allowed = bool(netloc) and netloc.lower() == request.host.lower()
     if not allowed:
         raise HandshakeError(HTTPStatus.FORBIDDEN, f"origin not allowed: {origin}")
 
@@ -209,7 +215,7 @@ def _check_key(key: str | None) -> str:
         raise _bad_request("missing Sec-WebSocket-Key header")
     try:
         raw = base64.b64decode(key, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or characters outside ASCII
         raw = b""
     if len(raw) != 16:
         raise _bad_request("Sec-WebSocket-Key must be 16 bytes in base64")

@@ -18,6 +18,7 @@ from types import TracebackType
 from broadcast_sync.config import Mode, ServerConfig
 from broadcast_sync.dispatcher import Dispatcher
 from broadcast_sync.handshake import (
+    RECEIVE_BYTES,
     HandshakeError,
     accept_response,
     check_origin,
@@ -38,6 +39,10 @@ logger = logging.getLogger(__name__)
 THREAD_STACK_BYTES = 256 * 1024
 #: Connections the kernel queues before accept(): clients arrive in bursts.
 LISTEN_BACKLOG = 1024
+#: After a refused handshake, how long and how much input is read and
+#: dropped so that the client gets the answer (see ConnectionHandler._linger).
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 65536
 #: How often the acceptor checks for shutdown: the delay of stop().
 ACCEPT_POLL_SECONDS = 0.1
 
@@ -187,7 +192,8 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             name, key, trailing_data = self._handshake()
         except HandshakeError as exc:
             logger.info("rejected %s: %d %s", address, exc.status.value, exc.reason)
-            self._send(reject_response(exc))
+            if self._send(reject_response(exc)):
+                self._linger()
             return
         except TimeoutError:
             logger.info("rejected %s: handshake timed out", address)
@@ -238,6 +244,24 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         except RoomFull as exc:
             raise HandshakeError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from exc
         return name, request.key, trailing_data
+
+    def _linger(self) -> None:
+        """Let the client read our answer before the socket is closed.
+
+        Closing with unread input makes the kernel send a reset, which can
+        destroy the answer before the client reads it: so half-close, and
+        discard what still arrives, within limits (RFC 9112, section 9.6).
+        """
+        deadline = time.monotonic() + LINGER_SECONDS
+        discarded = 0
+        with contextlib.suppress(OSError):  # timeouts included
+            self.request.shutdown(socket.SHUT_WR)
+            while discarded < LINGER_BYTES:
+                self.request.settimeout(max(deadline - time.monotonic(), 0.001))
+                data = self.request.recv(RECEIVE_BYTES)
+                if not data:
+                    return
+                discarded += len(data)
 
     def _send(self, data: bytes) -> bool:
         try:
