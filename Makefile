@@ -21,7 +21,8 @@ MAN_OUTPUT ?= $(MAN_PAGE)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
 VERSION = $(shell $(BIN)/python -c 'import broadcast_sync; print(broadcast_sync.__version__)')
 
-.PHONY: setup install server client test lint man coverage bench build clean
+.PHONY: setup install server client test lint conformance conformance-full man \
+	coverage bench build clean
 
 setup: $(STAMP)
 
@@ -65,6 +66,14 @@ coverage: $(STAMP)
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report --show-missing --skip-covered
 
+# Autobahn|Testsuite's fuzzingclient against the server in relay mode. The
+# first run sets up Python 2.7 and wstest in .venv-autobahn.
+conformance: $(STAMP)
+	$(BIN)/python -m tests.conformance --quick
+
+conformance-full: $(STAMP)
+	$(BIN)/python -m tests.conformance
+
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
 
@@ -72,6 +81,7 @@ build: $(STAMP)
 	$(BIN)/python -m build --outdir dist .
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .coverage .coverage.* htmlcov \
+	rm -rf $(VENV) .venv-autobahn conformance-report bench-results \
+		build dist *.egg-info .coverage .coverage.* htmlcov \
 		.mypy_cache .ruff_cache .pytest_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -64,9 +64,10 @@ class Dispatcher:
 
     Strategy: batching. The thread drains its inbox and joins the frames of
     everything it found into one buffer, sent with one system call per
-    client. An idle server flushes a lone message at once; while messages
-    keep arriving, a flush waits until ``batch_window`` after the previous
-    one, so that each carries more messages for the same cost.
+    client. A message that finds the dispatcher idle goes out at once; when
+    messages arrived during the previous flush (the server is under load),
+    the next flush waits until ``batch_window`` after it, so that each
+    carries more messages for the same cost.
     """
 
     def __init__(
@@ -122,10 +123,16 @@ class Dispatcher:
         last_flush = float("-inf")
         try:
             while True:
-                items = [self._inbox.get()]
-                pause = last_flush + self._batch_window - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
+                try:
+                    # Items arrived during the last flush: under load, batch.
+                    items = [self._inbox.get_nowait()]
+                except queue.Empty:
+                    # Idle until now: this item goes out at once.
+                    items = [self._inbox.get()]
+                else:
+                    pause = last_flush + self._batch_window - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
                 items += self._drain()
                 if not self._deliver(items):
                     return
