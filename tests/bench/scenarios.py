@@ -1,0 +1,478 @@
+"""The scenarios of issue #3: room, flood, idle scale and lone message.
+
+Each run starts a fresh server, connects its clients, waits until every
+join notice has arrived (so byte counts start from a known point), then
+measures, and always stops the server and closes every socket.
+
+- **room C**: C clients, each sending one message per second, phases spread
+  evenly: C² deliveries/s expected. Passes when p99 latency is under
+  100 ms with nothing lost, out of order or dropped.
+- **flood**: one sender keeping 64 messages in flight (sent, not yet echoed
+  back to it), 100 other receivers: deliveries/s to those receivers.
+- **idle**: 10,000 clients connect and stay silent: all accepted, and the
+  server's RSS per connection, (RSS after - RSS before) / N. The server
+  announces every join to every member (N²/2 notices), so this phase has
+  a time budget; what did not happen within it is reported as such.
+- **lone**: a few clients on an idle server, one message at a time, 100 to
+  200 ms apart: median and p99 latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+
+from tests.bench import wire
+from tests.bench.loadgen import (
+    Client,
+    LoadGenerator,
+    cpu_seconds,
+    join_notice_bytes,
+)
+from tests.bench.pacing import FloodPacer, LonePacer, RoomPacer
+from tests.bench.report import (
+    IDLE_TARGET_KIB,
+    LONE_TARGET_MS,
+    P99_LIMIT_MS,
+    Figures,
+    Latency,
+)
+from tests.bench.serverproc import ServerProcess, core_times
+from tests.bench.tracking import percentile
+
+HOST = "127.0.0.1"
+#: Receivers that decode every frame, spread across the room.
+SAMPLED_RECEIVERS = 32
+#: Fewer in the flood: every receiver gets every message there, and decoding
+#: a third of all deliveries would make the generator the bottleneck.
+FLOOD_SAMPLED_RECEIVERS = 4
+#: Seconds for all handshakes of a room, flood or lone run.
+CONNECT_TIMEOUT = 60.0
+#: Seconds for every join notice to arrive: the server sends N²/2 of them.
+SETTLE_TIMEOUT = 60.0
+#: After the last message is sent, how long the ones in flight may take;
+#: the wait ends as soon as everything has arrived.
+GRACE_SECONDS = 2.0
+#: The room's senders start this long after the pacer is made.
+START_DELAY_NS = 20_000_000
+#: One message per client per second.
+ROOM_PERIOD_NS = 1_000_000_000
+#: What the server's log says when something went wrong.
+LOG_ALARMS = (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Sizes and durations of every scenario."""
+
+    #: Climbed until the first size that fails. The target is 1000; the
+    #: steps past it find where this server stops.
+    room_sizes: tuple[int, ...] = (250, 500, 1000, 1500, 2000, 2500)
+    #: Measured seconds of each room and flood run, after the warm-up.
+    duration: float = 8.0
+    warmup: float = 1.0
+    flood_receivers: int = 100
+    flood_window: int = 64
+    idle_clients: int = 10_000
+    #: Budget of the idle scenario's handshakes, then of its join notices
+    #: (this server needs minutes for 10,000: see the module's docstring).
+    idle_connect_timeout: float = 45.0
+    idle_settle_timeout: float = 15.0
+    lone_clients: int = 4
+    lone_messages: int = 40
+    lone_gap_ms: tuple[int, int] = (100, 200)
+    #: The CPUs the server and the generator are pinned to, if they are.
+    server_cpu: int | None = None
+    generator_cpu: int | None = None
+
+
+QUICK = Settings(
+    room_sizes=(20, 40),
+    duration=1.0,
+    warmup=0.2,
+    flood_receivers=10,
+    idle_clients=200,
+    lone_messages=8,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """Clocks and counters at one end of a measurement window."""
+
+    ns: int
+    server_user: float
+    server_system: float
+    generator_cpu: float
+    received: int
+    #: Task and interrupt seconds of the server's and the generator's
+    #: cores, when they are pinned.
+    server_core: tuple[float, float] | None
+    generator_core: tuple[float, float] | None
+
+    @classmethod
+    def take(
+        cls, settings: Settings, server: ServerProcess, receivers: Sequence[Client]
+    ) -> Snapshot:
+        """Read the clocks and the receivers' byte counts now."""
+        user, system = server.cpu_times()
+        return cls(
+            ns=time.monotonic_ns(),
+            server_user=user,
+            server_system=system,
+            generator_cpu=cpu_seconds(),
+            received=sum(client.received for client in receivers),
+            server_core=_core_busy(settings.server_cpu),
+            generator_core=_core_busy(settings.generator_cpu),
+        )
+
+
+def _core_busy(cpu: int | None) -> tuple[float, float] | None:
+    return None if cpu is None else core_times(cpu)
+
+
+def measure_window(figures: Figures, start: Snapshot, end: Snapshot) -> None:
+    """Fill in rates and CPU use between two snapshots."""
+    seconds = (end.ns - start.ns) / 1e9
+    figures.seconds = seconds
+    figures.deliveries = (end.received - start.received) // wire.CHAT_FRAME_BYTES
+    figures.deliveries_per_s = figures.deliveries / seconds
+    user = end.server_user - start.server_user
+    system = end.server_system - start.server_system
+    figures.server_cpu_percent = (user + system) / seconds * 100
+    figures.server_system_percent = system / seconds * 100
+    figures.generator_cpu_percent = (
+        (end.generator_cpu - start.generator_cpu) / seconds * 100
+    )
+    if end.server_core is not None and start.server_core is not None:
+        tasks, interrupts = _percents(start.server_core, end.server_core, seconds)
+        figures.server_core_other_percent = max(tasks - figures.server_cpu_percent, 0)
+        figures.server_core_irq_percent = interrupts
+    if end.generator_core is not None and start.generator_core is not None:
+        tasks, interrupts = _percents(start.generator_core, end.generator_core, seconds)
+        figures.generator_core_other_percent = max(
+            tasks - figures.generator_cpu_percent, 0
+        )
+        figures.generator_core_irq_percent = interrupts
+
+
+def _percents(
+    start: tuple[float, float], end: tuple[float, float], seconds: float
+) -> tuple[float, float]:
+    return (
+        (end[0] - start[0]) / seconds * 100,
+        (end[1] - start[1]) / seconds * 100,
+    )
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[tuple[ServerProcess, LoadGenerator]]:
+    """A fresh server and a generator connected to nothing yet.
+
+    On the way out, the server is asked to stop while the generator keeps
+    reading, so that each client sees its close frame and end of stream
+    and closes; then every socket is closed and the server is reaped
+    (killed if it has not exited in time).
+    """
+    with (
+        ServerProcess(settings.server_cpu) as server,
+        LoadGenerator(HOST, server.port) as generator,
+    ):
+        try:
+            yield server, generator
+        finally:
+            generator.closing = True
+            server.request_stop()
+            generator.run(server.stop_deadline_ns(), done=server.exited)
+
+
+def spread(count: int, picks: int, first: int = 0) -> set[int]:
+    """``picks`` indices spread evenly over ``first .. first + count - 1``."""
+    picks = min(picks, count)
+    return {first + position * count // picks for position in range(picks)}
+
+
+def settle(
+    generator: LoadGenerator, members: int, timeout: float = SETTLE_TIMEOUT
+) -> float:
+    """Serve until a room of ``members`` has received every join notice.
+
+    Then take the byte counts as the baseline (:meth:`LoadGenerator.mark`).
+
+    Returns:
+        The fraction of the join notices' bytes received: 1.0 when all came.
+    """
+    expected = join_notice_bytes(members)
+    deadline = time.monotonic_ns() + int(timeout * 1e9)
+    generator.run(deadline, done=lambda: generator.total_received >= expected)
+    generator.mark()
+    return min(generator.total_received / expected, 1.0) if expected else 1.0
+
+
+def wait_for_delivery(
+    generator: LoadGenerator, receivers: Sequence[Client], messages: int
+) -> None:
+    """Serve until each receiver has ``messages`` since the mark, or the grace ends."""
+    expected = sum(client.baseline for client in receivers)
+    expected += messages * wire.CHAT_FRAME_BYTES * len(receivers)
+    deadline = time.monotonic_ns() + int(GRACE_SECONDS * 1e9)
+    generator.run(
+        deadline,
+        done=lambda: sum(client.received for client in receivers) >= expected,
+    )
+
+
+def count_faults(
+    figures: Figures,
+    generator: LoadGenerator,
+    receivers: Sequence[Client],
+    messages: int,
+    drops_before: int,
+) -> None:
+    """Lost deliveries, disorder and drops, ``messages`` being sent to each.
+
+    Each client dropped after the mark made the server send a leave notice
+    to the others, which their byte counts allow for.
+    """
+    dropped = generator.dropped[drops_before:]
+    figures.dropped = len(dropped)
+    for client in receivers:
+        if client in dropped:
+            continue
+        got = client.messages_since_mark(leaves=len(dropped))
+        figures.lost += max(messages - got, 0)
+        figures.unexpected += max(got - messages, 0)
+    figures.out_of_order = generator.tracker.out_of_order
+    figures.unexpected += generator.tracker.unexpected
+    figures.latency = Latency.from_ns(generator.tracker.latencies_ns)
+
+
+def finish(figures: Figures, server: ServerProcess) -> None:
+    """Fill in the server's memory and threads while it still runs."""
+    figures.server_rss_mib = server.rss_bytes() / 2**20
+    figures.server_threads = server.thread_count()
+
+
+def after_stop(figures: Figures, server: ServerProcess) -> None:
+    """Fill in what the server's log and its stop tell."""
+    figures.server_warnings = sum(
+        any(alarm in line for alarm in LOG_ALARMS) for line in server.log_lines()
+    )
+    figures.extra["server_killed"] = float(server.killed)
+
+
+def connect_and_settle(
+    figures: Figures,
+    generator: LoadGenerator,
+    clients: int,
+    sampled: Collection[int],
+) -> None:
+    """Connect the run's clients and wait for their join notices."""
+    outcome = generator.connect(clients, sampled=sampled, timeout=CONNECT_TIMEOUT)
+    figures.extra["refused"] = outcome.left_out
+    figures.extra["connect_s"] = outcome.seconds
+    started = time.monotonic()
+    figures.extra["notices"] = settle(generator, outcome.accepted)
+    figures.extra["settle_s"] = time.monotonic() - started
+
+
+def all_well(figures: Figures) -> bool:
+    """Every client got in and stayed; nothing lost, late or garbled."""
+    return (
+        figures.lost == 0
+        and figures.out_of_order == 0
+        and figures.dropped == 0
+        and figures.unexpected == 0
+        and figures.extra.get("refused") == 0
+        and figures.extra.get("notices") == 1.0
+    )
+
+
+def _measure(
+    settings: Settings,
+    figures: Figures,
+    server: ServerProcess,
+    generator: LoadGenerator,
+    pacer: RoomPacer | FloodPacer,
+    *,
+    receivers: Sequence[Client],
+) -> None:
+    """Warm up, then measure ``receivers`` for the duration."""
+    generator.run(time.monotonic_ns() + int(settings.warmup * 1e9), pacer)
+    start = Snapshot.take(settings, server, receivers)
+    end_ns = start.ns + int(settings.duration * 1e9)
+    generator.tracker.open_window(start.ns, end_ns)
+    pacer.stop_ns = end_ns
+    generator.run(end_ns, pacer)
+    measure_window(figures, start, Snapshot.take(settings, server, receivers))
+    figures.messages_sent = pacer.sent
+    server.check_alive()
+
+
+# Room
+
+
+def run_room(settings: Settings, clients: int) -> Figures:
+    """C clients, one message each per second; C² deliveries/s."""
+    figures = Figures(
+        "room", clients, expected_per_s=clients * clients * 1e9 / ROOM_PERIOD_NS
+    )
+    with serving(settings) as (server, generator):
+        sampled = spread(clients, SAMPLED_RECEIVERS)
+        connect_and_settle(figures, generator, clients, sampled)
+        drops_before = len(generator.dropped)
+        members = list(generator.open_clients())
+        start_ns = time.monotonic_ns() + START_DELAY_NS
+        pacer = RoomPacer(generator, members, start_ns, ROOM_PERIOD_NS)
+        _measure(settings, figures, server, generator, pacer, receivers=members)
+        lags = sorted(pacer.lags_ns)
+        if lags:
+            figures.generator_lag_ms = percentile(lags, 0.99) / 1e6
+            figures.extra["generator_lag_max_ms"] = lags[-1] / 1e6
+        wait_for_delivery(generator, members, pacer.sent)
+        count_faults(figures, generator, members, pacer.sent, drops_before)
+        finish(figures, server)
+    after_stop(figures, server)
+    figures.passed = judge_room(figures)
+    return figures
+
+
+def judge_room(figures: Figures) -> bool:
+    """Room capacity: p99 under 100 ms, and all well."""
+    return (
+        figures.latency is not None
+        and figures.latency.p99 < P99_LIMIT_MS
+        and all_well(figures)
+    )
+
+
+# Flood
+
+
+def run_flood(settings: Settings, receivers: int) -> Figures:
+    """One sender with a window of messages in flight, ``receivers`` others."""
+    figures = Figures("flood", receivers)
+    with serving(settings) as (server, generator):
+        sampled = spread(receivers, FLOOD_SAMPLED_RECEIVERS, first=1)
+        connect_and_settle(figures, generator, receivers + 1, sampled)
+        drops_before = len(generator.dropped)
+        sender, *others = generator.open_clients()
+        pacer = FloodPacer(generator, sender, settings.flood_window)
+        _measure(settings, figures, server, generator, pacer, receivers=others)
+        figures.extra["messages_per_s"] = figures.deliveries_per_s / len(others)
+        wait_for_delivery(generator, [sender, *others], pacer.sent)
+        count_faults(figures, generator, others, pacer.sent, drops_before)
+        finish(figures, server)
+    after_stop(figures, server)
+    figures.passed = judge_flood(figures)
+    return figures
+
+
+def judge_flood(figures: Figures) -> bool:
+    """The flood has no latency target: it passes when all is well."""
+    return all_well(figures)
+
+
+# Idle scale
+
+
+def run_idle(settings: Settings, clients: int) -> Figures:
+    """``clients`` silent clients: all accepted? memory per connection."""
+    figures = Figures("idle", clients)
+    with serving(settings) as (server, generator):
+        rss_before = server.rss_bytes()
+        start = Snapshot.take(settings, server, [])
+        outcome = generator.connect(clients, timeout=settings.idle_connect_timeout)
+        started = time.monotonic()
+        notices = settle(generator, outcome.accepted, settings.idle_settle_timeout)
+        settle_s = time.monotonic() - started
+        measure_window(figures, start, Snapshot.take(settings, server, []))
+        rss_after = server.rss_bytes()
+        figures.dropped = len(generator.dropped)
+        figures.extra.update(
+            accepted=outcome.accepted,
+            refused=outcome.left_out,
+            unanswered=outcome.unanswered,
+            not_tried=outcome.not_tried,
+            connect_s=outcome.seconds,
+            notices=notices,
+            settle_s=settle_s,
+            rss_before_mib=rss_before / 2**20,
+            rss_after_mib=rss_after / 2**20,
+            rss_per_client_kib=(rss_after - rss_before)
+            / 1024
+            / max(outcome.accepted, 1),
+        )
+        finish(figures, server)
+    after_stop(figures, server)
+    figures.passed = judge_idle(figures)
+    return figures
+
+
+def judge_idle(figures: Figures) -> bool:
+    """All accepted and announced, none dropped, under 48 KiB each."""
+    return (
+        figures.extra.get("accepted") == figures.clients
+        and figures.extra.get("notices") == 1.0
+        and figures.dropped == 0
+        and figures.extra.get("rss_per_client_kib", float("inf")) < IDLE_TARGET_KIB
+    )
+
+
+# Lone message
+
+
+def run_lone(settings: Settings, clients: int) -> Figures:
+    """One message at a time on a quiet server, received by ``clients``."""
+    figures = Figures("lone", clients)
+    with serving(settings) as (server, generator):
+        connect_and_settle(figures, generator, clients, range(clients))
+        drops_before = len(generator.dropped)
+        members = list(generator.open_clients())
+        low, high = settings.lone_gap_ms
+        gap_ns = (low * 1_000_000, high * 1_000_000)
+        pacer = LonePacer(generator, members, settings.lone_messages, gap_ns)
+        generator.tracker.open_window(0)
+        start = Snapshot.take(settings, server, members)
+        # Every gap at its longest, twice over, and five seconds to spare.
+        deadline = start.ns + settings.lone_messages * 2 * gap_ns[1] + 5 * 10**9
+        generator.run(deadline, pacer, done=pacer.finished)
+        measure_window(figures, start, Snapshot.take(settings, server, members))
+        figures.messages_sent = pacer.sent
+        count_faults(figures, generator, members, pacer.sent, drops_before)
+        finish(figures, server)
+    after_stop(figures, server)
+    figures.passed = judge_lone(figures)
+    return figures
+
+
+def judge_lone(figures: Figures) -> bool:
+    """Median and p99 under 5 ms, and all well."""
+    return (
+        figures.latency is not None
+        and figures.latency.p50 < LONE_TARGET_MS
+        and figures.latency.p99 < LONE_TARGET_MS
+        and all_well(figures)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """A scenario: how to run it at one size and how to judge its figures."""
+
+    name: str
+    run: Callable[[Settings, int], Figures]
+    judge: Callable[[Figures], bool]
+
+
+SCENARIOS = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario("room", run_room, judge_room),
+        Scenario("flood", run_flood, judge_flood),
+        Scenario("idle", run_idle, judge_idle),
+        Scenario("lone", run_lone, judge_lone),
+    )
+}

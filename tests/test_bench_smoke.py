@@ -1,0 +1,152 @@
+"""The benchmark (tests/bench): its wire format, and a tiny run end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bench import wire
+from tests.bench.loadgen import join_notice_bytes
+from tests.bench.tracking import ReceiverLog, Tracker, percentile
+from tests.conftest import UNIT
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def unmask(frame: bytes) -> tuple[int, bytes]:
+    """The opcode and the unmasked payload of a short client frame."""
+    assert frame[0] & 0x80, "FIN must be set"
+    assert frame[1] & 0x80, "client frames must be masked"
+    length = frame[1] & 0x7F
+    key, masked = frame[2:6], frame[6:]
+    assert len(masked) == length
+    return frame[0] & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(masked))
+
+
+def server_frame(text: bytes) -> bytes:
+    """An unmasked text frame as the server sends it."""
+    if len(text) < 126:
+        return bytes((0x81, len(text))) + text
+    return bytes((0x81, 126)) + len(text).to_bytes(2, "big") + text
+
+
+def test_masked_frame_carries_the_payload() -> None:
+    """A client frame unmasks to the payload, with a fresh key each time."""
+    masker = wire.Masker(seed=1)
+    payload = wire.chat_payload(7, 42, 123_456_789)
+    first, second = masker.text_frame(payload), masker.text_frame(payload)
+    assert unmask(first) == (wire.TEXT, payload)
+    assert unmask(second) == (wire.TEXT, payload)
+    assert first[2:6] != second[2:6]
+
+
+def test_every_chat_frame_has_the_same_size() -> None:
+    """Broadcast chat frames and join notices have the sizes counted on."""
+    smallest = b"c00000: " + wire.chat_payload(0, 0, 0)
+    largest = b"c99999: " + wire.chat_payload(99_999, 10**9 - 1, 10**20 - 1)
+    for text in (smallest, largest):
+        assert len(server_frame(text)) == wire.CHAT_FRAME_BYTES
+    join = b"Server: c12345 has joined the chat"
+    assert len(server_frame(join)) == wire.JOIN_FRAME_BYTES
+
+
+def test_chat_text_parses_back() -> None:
+    """Sender, sequence number and send time survive the round trip."""
+    text = b"c00003: " + wire.chat_payload(3, 17, 98_765_432_109)
+    assert wire.parse_chat(text) == (3, 17, 98_765_432_109)
+    assert wire.parse_chat(b"Server: c00003 has joined the chat") is None
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 4096])
+def test_decoder_splits_a_stream_cut_anywhere(chunk: int) -> None:
+    """Frames come out whole whatever the reads' sizes, long ones included."""
+    texts = [b"a", b"x" * 125, b"y" * 126, b"z" * 300]
+    stream = b"".join(server_frame(text) for text in texts)
+    decoder = wire.FrameDecoder()
+    frames = []
+    for start in range(0, len(stream), chunk):
+        frames += decoder.feed(stream[start : start + chunk])
+    assert frames == [(wire.TEXT, text) for text in texts]
+
+
+def test_handshake_checks_the_accept_value() -> None:
+    """Only a 101 with the right Sec-WebSocket-Accept counts as accepted."""
+    handshake = wire.Handshake.for_client("127.0.0.1", 8080, "c00001")
+    good = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: "
+    assert handshake.check_response(good + handshake.accept) == 101
+    assert handshake.check_response(good + b"d3Jvbmc=") == 0
+    assert handshake.check_response(b"HTTP/1.1 503 Service Unavailable") == 503
+
+
+def test_tracker_sees_disorder_and_windows_latency() -> None:
+    """Out-of-order messages are counted; latency only inside the window."""
+    tracker = Tracker()
+    tracker.open_window(start_ns=1_000, end_ns=2_000)
+    log = ReceiverLog()
+    frames = [
+        (wire.TEXT, b"c00001: " + wire.chat_payload(1, seq, sent))
+        for seq, sent in ((0, 500), (2, 1_500), (1, 1_600))
+    ]
+    tracker.on_frames(log, frames, now_ns=1_700)
+    assert log.chats == 3
+    assert tracker.out_of_order == 1
+    assert sorted(tracker.latencies_ns) == [100, 200]
+
+
+@pytest.mark.parametrize(
+    ("fraction", "expected"), [(0.5, 50), (0.9, 90), (0.99, 99), (1.0, 100)]
+)
+def test_percentile_is_nearest_rank(fraction: float, expected: int) -> None:
+    """Percentiles of 1..100 are the values of that rank."""
+    assert percentile(list(range(1, 101)), fraction) == expected
+
+
+def test_join_notices_add_up_whatever_the_order() -> None:
+    """A room of 3 sends 3 + 2 + 1 join notices."""
+    assert join_notice_bytes(3) == 6 * wire.JOIN_FRAME_BYTES
+
+
+def run_bench(tmp_path: Path, *options: str) -> tuple[str, dict[str, Any]]:
+    """Run ``python -m tests.bench`` as ``make bench`` does; its output and JSON."""
+    output = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.bench", *options, "--json", str(output)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=120 * UNIT,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed.stdout, json.loads(output.read_text())
+
+
+def test_quick_room_and_lone_count_every_delivery(tmp_path: Path) -> None:
+    """A tiny room and lone-message run deliver, count and report everything."""
+    options = ["--quick", "--scenario", "room", "--scenario", "lone"]
+    stdout, document = run_bench(tmp_path, *options, "--sizes", "20")
+    rows = {row["scenario"]: row for row in document["scenarios"]}
+    assert set(rows) == {"room", "lone"}
+    assert "room 20" in stdout
+    assert "lone 4" in stdout
+    for row in rows.values():
+        faults = {name: row[name] for name in ("lost", "dropped", "out_of_order")}
+        assert faults == {"lost": 0, "dropped": 0, "out_of_order": 0}, row
+        assert row["unexpected"] == 0, row
+        assert row["extra"]["refused"] == 0, row
+        assert row["extra"]["notices"] == 1.0, row
+        assert row["messages_sent"] > 0, row
+        assert row["deliveries"] > 0, row
+        assert row["latency"]["samples"] > 0, row
+        assert row["server_rss_mib"] > 0, row
+        assert row["server_warnings"] == 0, row
+    lone = rows["lone"]
+    assert lone["messages_sent"] == 8
+    assert lone["latency"]["samples"] == 8 * 4
+    assert lone["deliveries"] == 8 * 4
+    assert document["summary"]["room_capacity"] in (20, None)
