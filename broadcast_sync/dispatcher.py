@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Items the inbox holds before readers wait: a full inbox pushes back on
-#: flooding clients through TCP instead of growing without bound.
-INBOX_SIZE = 4096
+#: flooding clients through TCP instead of growing without bound. Room for
+#: a burst of thousands of joins, whose readers would otherwise wait.
+INBOX_SIZE = 16384
 #: How often a reader waiting on a full inbox checks that the dispatcher runs.
 PUT_RETRY_SECONDS = 0.5
 
@@ -57,6 +58,25 @@ class _Stop:
 
 
 _Item = _Join | _Broadcast | _SendTo | _Leave | _Stop
+
+
+@dataclasses.dataclass
+class _Flush:
+    """What one flush sends: frames in order, and who gets which of them.
+
+    Members of the hub get every frame. A client that joined during the
+    batch gets the frames from its own join notice on, and joins the hub
+    after the fan-out; one that left gets the frames before its leave, then
+    its close frame. So a burst of joins costs one fan-out, not one each.
+    """
+
+    frames: list[bytes] = dataclasses.field(default_factory=list)
+    #: Clients that joined, with the index of their first frame.
+    joined: dict[Session, int] = dataclasses.field(default_factory=dict)
+    #: Clients that left: their first and end frame index, and close frame.
+    left: list[tuple[Session, int, int, bytes | None]] = dataclasses.field(
+        default_factory=list
+    )
 
 
 class Dispatcher:
@@ -150,45 +170,34 @@ class Dispatcher:
 
     def _deliver(self, items: list[_Item]) -> bool:
         """Send ``items`` in order; False once told to stop."""
-        pending: list[bytes] = []
+        flush = _Flush()
         for item in items:
             if isinstance(item, _Broadcast):
-                pending.append(item.frame)
-                continue
-            # Everything else changes who receives what: send what came first.
-            self._fan_out(pending)
-            pending = []
-            if isinstance(item, _Join):
-                pending += self._add(item.session)
+                flush.frames.append(item.frame)
+            elif isinstance(item, _Join):
+                flush.joined[item.session] = len(flush.frames)
+                flush.frames += self._notice(messages.joined(item.session.name))
             elif isinstance(item, _Leave):
-                pending += self._remove(item.session, item.close_frame)
-            elif isinstance(item, _SendTo):
-                item.session.send(item.frame)
+                self._remove(item.session, item.close_frame, flush)
             else:
-                self._close_all()
-                return False
-        self._fan_out(pending)
+                # A frame for one client, or the end: send what came first.
+                self._send(flush)
+                flush = _Flush()
+                if isinstance(item, _SendTo):
+                    item.session.send(item.frame)
+                else:
+                    self._close_all()
+                    return False
+        self._send(flush)
         return True
 
-    def _fan_out(self, pending: list[bytes]) -> None:
-        if not pending:
-            return
-        data = b"".join(pending)
-        with self._hub.locked_members() as members:
-            for member in members:
-                member.send(data)
-
-    def _add(self, session: Session) -> list[bytes]:
-        count = self._hub.add_member(session)
-        logger.info(
-            "%s (%s) joined; %d connected", session.name, session.address, count
-        )
-        return self._notice(messages.joined(session.name))
-
-    def _remove(self, session: Session, close_frame: bytes | None) -> list[bytes]:
-        count = self._hub.remove_member(session)
-        if close_frame is not None:
-            session.close(close_frame, session.end_reason)
+    def _remove(
+        self, session: Session, close_frame: bytes | None, flush: _Flush
+    ) -> None:
+        start = flush.joined.pop(session, 0)
+        end = len(flush.frames)
+        flush.left.append((session, start, end, close_frame))
+        count = self._hub.remove_member(session) + len(flush.joined)
         logger.info(
             "%s (%s) left: %s; %d connected",
             session.name,
@@ -196,7 +205,28 @@ class Dispatcher:
             session.end_reason,
             count,
         )
-        return self._notice(messages.left(session.name))
+        flush.frames += self._notice(messages.left(session.name))
+
+    def _send(self, flush: _Flush) -> None:
+        """Fan ``flush`` out, then let its newcomers in and its leavers go."""
+        batch = flush.frames
+        if batch:
+            data = b"".join(batch)
+            with self._hub.locked_members() as members:
+                for member in members:
+                    member.send(data)
+        for session, start in flush.joined.items():
+            count = self._hub.add_member(session)
+            logger.info(
+                "%s (%s) joined; %d connected", session.name, session.address, count
+            )
+            if start < len(batch):
+                session.send(b"".join(batch[start:]))
+        for session, start, end, close_frame in flush.left:
+            if start < end:
+                session.send(b"".join(batch[start:end]))
+            if close_frame is not None:
+                session.close(close_frame, session.end_reason)
 
     def _notice(self, text: str) -> list[bytes]:
         return [frames.encode_message(text)] if self._announce else []

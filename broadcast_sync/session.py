@@ -90,6 +90,8 @@ class Session:
         self._relay = config.mode is Mode.RELAY
         self._left = False
         self._close_deadline = float("inf")
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
 
         # Guards the outgoing side of the socket and the three fields below:
         # the dispatcher, the heartbeat, the reader and the writer all send.
@@ -260,13 +262,17 @@ class Session:
         return True
 
     def _receive(self) -> bytes:
-        """Read from the socket; after the session left, only until the deadline."""
+        """Wait for data, then read it; after leaving, only until the deadline.
+
+        Waiting in poll() rather than in recv() holds no receive buffer
+        while the client is idle: recv() allocates its whole buffer first,
+        which would cost every idle connection RECEIVE_BYTES of memory.
+        """
+        timeout_ms = None
         if self._close_deadline != float("inf"):
-            remaining = self._close_deadline - time.monotonic()
-            poller = select.poll()
-            poller.register(self.sock, select.POLLIN)
-            if not poller.poll(max(remaining, 0) * 1000):
-                raise TimeoutError
+            timeout_ms = max(self._close_deadline - time.monotonic(), 0) * 1000
+        if not self._poller.poll(timeout_ms):
+            raise TimeoutError
         return self.sock.recv(RECEIVE_BYTES)
 
     def _handle(self, event: Event) -> bool:
