@@ -150,7 +150,9 @@ class RawClient:
         assert head.startswith(b"HTTP/1.1 101 "), head
         accept = base64.b64encode(hashlib.sha1(key.encode() + ACCEPT_GUID).digest())
         assert b"\r\nSec-WebSocket-Accept: " + accept in head, head
+        # Frames that came with the response are events already.
         self._connection.receive_data(rest)
+        self._events.extend(self._connection.events())
 
     def __enter__(self) -> RawClient:
         return self
