@@ -74,6 +74,7 @@ class Session:
         self.address = address
         self.name = name
         #: Why the session ended, for the log; the first reason given wins.
+        #: Written under ``_lock``.
         self.end_reason = ""
         #: Monotonic time of the last bytes received. Written by the reader,
         #: read by the heartbeat: a float assignment needs no lock.
@@ -93,8 +94,9 @@ class Session:
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
 
-        # Guards the outgoing side of the socket and the three fields below:
-        # the dispatcher, the heartbeat, the reader and the writer all send.
+        # Guards the outgoing side of the socket, ``end_reason`` and the
+        # fields below: the dispatcher, the heartbeat, the reader and the
+        # writer all send.
         self._lock = threading.Lock()
         #: True while the writer thread owns the outgoing side.
         self._backlog = False
@@ -134,8 +136,8 @@ class Session:
     def abort(self, reason: str, code: int | None = None) -> None:
         """Cut the connection now, sending a close frame ``code`` if it fits.
 
-        Shutting the socket down wakes the reader from ``recv`` and the
-        writer from its wait for the socket.
+        Shutting the socket down wakes the reader and the writer from their
+        waits for the socket.
         """
         with self._lock:
             self._abort_locked(reason, code)
@@ -180,6 +182,10 @@ class Session:
     def _shutdown_write(self) -> None:
         with contextlib.suppress(OSError):  # the peer is gone already
             self.sock.shutdown(socket.SHUT_WR)
+
+    def _record_end(self, reason: str) -> None:
+        with self._lock:
+            self._set_end_reason(reason)
 
     def _set_end_reason(self, reason: str) -> None:
         if not self.end_reason:
@@ -244,7 +250,7 @@ class Session:
         while self._handle_events():
             data = self._receive()
             if not data:
-                self._set_end_reason("connection lost without a close frame (1006)")
+                self._record_end("connection lost without a close frame (1006)")
                 return
             self.last_seen = time.monotonic()
             if not self._left:  # after leaving, the rest is read and dropped
@@ -293,7 +299,7 @@ class Session:
         with self._lock:
             closing_handshake_done = self._closed
         if closing_handshake_done:
-            self._set_end_reason(f"closed by the server, client replied ({event.code})")
+            self._record_end(f"closed by the server, client replied ({event.code})")
             return False
         reason = event.reason or ""
         shown = f"{event.code}: {escape_controls(reason)}" if reason else event.code
@@ -373,7 +379,6 @@ class Session:
             return
         self._left = True
         if reason:
-            with self._lock:
-                self._set_end_reason(reason)
+            self._record_end(reason)
         self._close_deadline = time.monotonic() + self._config.close_timeout
         self._dispatcher.leave(self, close_frame)
