@@ -54,7 +54,7 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     start.add_argument(
         "--port",
-        type=_port,
+        type=port,
         default=os.environ.get("PORT", str(DEFAULT_PORT)),
         help="port to listen on (default: $PORT, else 8080)",
     )
@@ -83,42 +83,42 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     limits = start.add_argument_group("limits")
     limits.add_argument(
         "--rate-limit",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=DEFAULTS.rate_limit,
         metavar="N",
         help="messages a client may send per window; 0 disables (default: %(default)s)",
     )
     limits.add_argument(
         "--rate-window",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULTS.rate_window,
         metavar="SECONDS",
         help="length of the rate window (default: %(default)s)",
     )
     limits.add_argument(
         "--max-message-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULTS.max_message_bytes,
         metavar="BYTES",
         help="larger messages close the connection with 1009 (default: %(default)s)",
     )
     limits.add_argument(
         "--max-message-chars",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULTS.max_message_chars,
         metavar="CHARS",
         help="longer messages are dropped with a notice (default: %(default)s)",
     )
     limits.add_argument(
         "--max-username-chars",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULTS.max_username_chars,
         metavar="CHARS",
         help="longest username accepted (default: %(default)s)",
     )
     limits.add_argument(
         "--queue-size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULTS.queue_size,
         metavar="WRITES",
         help=(
@@ -128,7 +128,7 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     limits.add_argument(
         "--max-clients",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULTS.max_clients,
         metavar="N",
         help="further handshakes get 503 (default: %(default)s)",
@@ -136,28 +136,28 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     timing = start.add_argument_group("timing")
     timing.add_argument(
         "--ping-interval",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULTS.ping_interval,
         metavar="SECONDS",
         help="time between pings to each client (default: %(default)s)",
     )
     timing.add_argument(
         "--pong-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULTS.pong_timeout,
         metavar="SECONDS",
         help="a client silent this long (no pong) is dropped (default: %(default)s)",
     )
     timing.add_argument(
         "--write-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULTS.write_timeout,
         metavar="SECONDS",
         help="a client taking no data this long is dropped (default: %(default)s)",
     )
     timing.add_argument(
         "--batch-window",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=DEFAULTS.batch_window,
         metavar="SECONDS",
         help=(
@@ -167,7 +167,7 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     timing.add_argument(
         "--handshake-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULTS.handshake_timeout,
         metavar="SECONDS",
         help="a handshake not received within this is refused with 408 "
@@ -175,7 +175,7 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     timing.add_argument(
         "--close-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULTS.close_timeout,
         metavar="SECONDS",
         help="how long a closing handshake may take before the connection is "
@@ -206,7 +206,7 @@ def _add_connect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     connect.add_argument(
         "--port",
-        type=_port,
+        type=port,
         default=os.environ.get("PORT", str(DEFAULT_PORT)),
         help="server port (default: $PORT, else 8080)",
     )
@@ -273,35 +273,43 @@ def _connect(args: argparse.Namespace) -> int:
         return 130
 
 
-def _port(text: str) -> int:
-    port = _integer(text)
-    if not 0 <= port <= 65535:
+# Argument types, also used by the benchmark and conformance tools.
+
+
+def port(text: str) -> int:
+    """A TCP port number; 0 asks for any free port."""
+    number = _integer(text)
+    if not 0 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"port must be between 0 and 65535: {text}")
-    return port
+    return number
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An integer above 0."""
     value = _integer(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer: {text}")
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """An integer of 0 or more."""
     value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
+    """A finite number above 0."""
     value = _number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
     return value
 
 
-def _non_negative_float(text: str) -> float:
+def non_negative_float(text: str) -> float:
+    """A finite number of 0 or more."""
     value = _number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from broadcast_sync.cli import positive_float, positive_int
 from tests.bench import report
 from tests.bench.report import Figures
 from tests.bench.scenarios import QUICK, SCENARIOS, Scenario, Settings
@@ -48,20 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--repeat",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="runs per figure; the table shows medians (default: 1)",
     )
     parser.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         metavar="SECONDS",
         help="measured seconds of each room and flood run (default: 8)",
     )
     parser.add_argument(
         "--idle-clients",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="clients of the idle scenario (default: 10000)",
     )
@@ -279,27 +280,7 @@ def _progress(text: str) -> None:
 
 
 def _sizes(text: str) -> list[int]:
-    sizes = [_positive_int(part) for part in text.split(",") if part.strip()]
+    sizes = [positive_int(part) for part in text.split(",") if part.strip()]
     if not sizes:
         raise argparse.ArgumentTypeError("give at least one size")
     return sorted(sizes)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from broadcast_sync.cli import positive_float
 from tests.conformance import suite
 from tests.conformance.environment import REPOSITORY, SetupError, ensure_wstest
 from tests.conformance.serverproc import ServerError, ServerProcess
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         metavar="SECONDS",
         help=(
             "stop the suite after this long (default: "
@@ -161,13 +162,3 @@ def _run_problems(outcome: SuiteRun, timeout: float) -> list[str]:
 
 def _progress(text: str) -> None:
     print(f"conformance: {text}", file=sys.stderr, flush=True)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
