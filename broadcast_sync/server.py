@@ -43,6 +43,9 @@ LISTEN_BACKLOG = 1024
 #: dropped so that the client gets the answer (see ConnectionHandler._linger).
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 65536
+#: Connections that may be in their handshake beyond max_clients, each
+#: holding a thread for at most --handshake-timeout.
+MAX_PENDING_HANDSHAKES = 256
 #: How often the acceptor checks for shutdown: the delay of stop().
 ACCEPT_POLL_SECONDS = 0.1
 
@@ -149,18 +152,41 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         request: socket.socket,  # type: ignore[override]
         client_address: tuple[str, int],
     ) -> None:
-        """Serve the connection in a thread of its own, named and tracked."""
+        """Serve the connection in a thread of its own, named and tracked.
+
+        Beyond ``max_clients`` plus ``MAX_PENDING_HANDSHAKES`` open
+        connections, refuse it at once, without a thread: silent sockets
+        must not exhaust the threads and file descriptors of the process.
+        """
         thread = threading.Thread(
             target=self._serve_connection,
             args=(request, client_address),
             name=f"reader {format_address(client_address)}",
         )
+        limit = self.config.max_clients + MAX_PENDING_HANDSHAKES
         with self._connections_lock:
-            self._connections[request] = thread
+            full = len(self._connections) >= limit
+            if not full:
+                self._connections[request] = thread
             exited, self._exited = self._exited, []
-        thread.start()
+        if full:
+            self._refuse_at_once(request, client_address, limit)
+        else:
+            thread.start()
         for done in exited:
             done.join()  # it has finished its work: this returns at once
+
+    def _refuse_at_once(
+        self, request: socket.socket, client_address: tuple[str, int], limit: int
+    ) -> None:
+        reason = f"too many connections ({limit})"
+        logger.info("rejected %s: 503 %s", format_address(client_address), reason)
+        response = reject_response(
+            HandshakeError(HTTPStatus.SERVICE_UNAVAILABLE, reason)
+        )
+        with contextlib.suppress(OSError):  # best effort: it is closed either way
+            request.send(response, socket.MSG_DONTWAIT)
+        self.shutdown_request(request)
 
     def _serve_connection(
         self, request: socket.socket, client_address: tuple[str, int]

@@ -16,7 +16,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection, Event, TextMessage
 
 from broadcast_sync.client import HandshakeRejected
-from broadcast_sync.server import BroadcastServer
+from broadcast_sync.server import MAX_PENDING_HANDSHAKES, BroadcastServer
 from tests.conftest import UNIT, connect, http_exchange, join, receive, run_server
 
 #: The example of RFC 6455, section 1.3: a client's key and the server's answer.
@@ -596,3 +596,31 @@ def test_frames_sent_with_the_request_then_close(server: BroadcastServer) -> Non
         close = client.next_event()
         assert isinstance(close, CloseConnection)
         assert close.code == 1000
+
+
+def test_connections_beyond_pending_limit_get_503_at_once() -> None:
+    """Past max_clients plus the pending-handshake allowance, 503 without a thread."""
+    limit = 1 + MAX_PENDING_HANDSHAKES
+    with (
+        run_server(max_clients=1, handshake_timeout=30, close_timeout=0.1) as server,
+        contextlib.ExitStack() as silent,
+    ):
+        for _ in range(limit):
+            silent.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+        deadline = time.monotonic() + 10 * UNIT
+        while len(reader_threads()) < limit:
+            assert time.monotonic() < deadline, (
+                "the silent connections were not all served"
+            )
+            time.sleep(0.01)
+        # Nothing sent: a request the server never reads could turn its close
+        # into a reset that destroys the answer.
+        response = parse_response(http_exchange(server.port, b""))
+        assert response.status == 503
+        assert response.text == f"too many connections ({limit})\n"
+        assert len(reader_threads()) == limit
+
+
+def reader_threads() -> list[threading.Thread]:
+    """The server's connection threads in this process."""
+    return [t for t in threading.enumerate() if t.name.startswith("reader ")]
