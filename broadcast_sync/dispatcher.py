@@ -226,7 +226,7 @@ class Dispatcher:
             if start < end:
                 session.send(b"".join(batch[start:end]))
             if close_frame is not None:
-                session.close(close_frame, session.end_reason)
+                session.close(close_frame)
 
     def _notice(self, text: str) -> list[bytes]:
         return [frames.encode_message(text)] if self._announce else []

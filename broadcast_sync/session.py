@@ -118,11 +118,12 @@ class Session:
             if not self._closed:
                 self._send_locked(data)
 
-    def close(self, frame: bytes, reason: str) -> None:
+    def close(self, frame: bytes, reason: str = "") -> None:
         """Send the close ``frame`` after everything sent before it.
 
         Nothing is sent after it; once it is written, the server half-closes
-        the socket, as RFC 6455 asks of the server (section 7.1.1).
+        the socket, as RFC 6455 asks of the server (section 7.1.1). ``reason``
+        is logged when the session ends, unless it has a reason already.
         """
         with self._lock:
             if self._closed:

@@ -6,7 +6,7 @@ HTTP status (for a username) or a notice to the sender (for a message).
 
 from __future__ import annotations
 
-import unicodedata
+import re
 
 from broadcast_sync.messages import NAME_SEPARATOR
 
@@ -19,10 +19,11 @@ class InvalidMessage(ValueError):
     """A chat message is not broadcast; the message says why."""
 
 
-#: Every control character (C0, DEL and C1) mapped to a visible escape.
-_CONTROL_ESCAPES = {
-    code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]
-}
+#: Every control character: C0, DEL and C1 (Unicode category Cc).
+_CONTROL_CODES = [*range(0x20), *range(0x7F, 0xA0)]
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: Each control character mapped to a visible escape.
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in _CONTROL_CODES}
 
 
 def escape_controls(text: str) -> str:
@@ -37,7 +38,7 @@ def has_control_characters(text: str) -> bool:
     Escape sequences start with one, so rejecting them keeps other users'
     terminals safe.
     """
-    return any(unicodedata.category(char) == "Cc" for char in text)
+    return _CONTROL_CHARACTER.search(text) is not None
 
 
 def clean_username(requested: str, max_chars: int) -> str:
