@@ -44,7 +44,9 @@ server: $(STAMP)
 client: $(STAMP)
 	$(BIN)/broadcast-server connect --host $(HOST) --port $(PORT) --username $(USER_NAME)
 
+# The tests run a real redis-server: install it first, or say it is missing.
 test: $(STAMP)
+	tests/require-services
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -15,6 +15,7 @@ from types import FrameType
 from broadcast_sync import __version__
 from broadcast_sync.client import run_client
 from broadcast_sync.config import Mode, ServerConfig
+from broadcast_sync.log import LogUnavailable
 from broadcast_sync.server import BroadcastServer
 
 DEFAULT_PORT = 8080
@@ -80,6 +81,31 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "clients that send no Origin are always allowed)"
         ),
     )
+    room = start.add_argument_group("the room's log")
+    room.add_argument(
+        "--history-size",
+        type=non_negative_int,
+        default=DEFAULTS.history_size,
+        metavar="N",
+        help=("logged events kept for ?history= and ?since= (default: %(default)s)"),
+    )
+    room.add_argument(
+        "--redis",
+        metavar="URL",
+        dest="redis_url",
+        help=(
+            "keep the log and the names in Redis, redis://[:PASSWORD@]HOST:PORT/DB "
+            "or rediss:// for TLS: every server using the same Redis and prefix "
+            "is one room (default: the log is in memory, this server alone)"
+        ),
+    )
+    room.add_argument(
+        "--redis-prefix",
+        default=DEFAULTS.redis_prefix,
+        metavar="PREFIX",
+        help="prefix of the room's Redis keys: one prefix, one room "
+        "(default: %(default)s)",
+    )
     limits = start.add_argument_group("limits")
     limits.add_argument(
         "--rate-limit",
@@ -131,7 +157,7 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=positive_int,
         default=DEFAULTS.max_clients,
         metavar="N",
-        help="further handshakes get 503 (default: %(default)s)",
+        help="further handshakes get 503; per process (default: %(default)s)",
     )
     timing = start.add_argument_group("timing")
     timing.add_argument(
@@ -232,6 +258,9 @@ def _start(args: argparse.Namespace) -> int:
         port=args.port,
         mode=Mode(args.mode),
         allowed_origins=tuple(args.allowed_origins),
+        history_size=args.history_size,
+        redis_url=args.redis_url,
+        redis_prefix=args.redis_prefix,
         rate_limit=args.rate_limit,
         rate_window=args.rate_window,
         max_message_bytes=args.max_message_bytes,
@@ -259,7 +288,11 @@ def _start(args: argparse.Namespace) -> int:
         where = f"{args.host}:{args.port}"
         print(f"broadcast-server: cannot listen on {where}: {exc}", file=sys.stderr)
         return 1
-    server.start()
+    try:
+        server.start()
+    except LogUnavailable as exc:
+        print(f"broadcast-server: {exc}", file=sys.stderr)
+        return 1
     print(f"Server started on port {server.port}", flush=True)
     stop_requested.wait()
     server.stop()

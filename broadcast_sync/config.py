@@ -23,6 +23,15 @@ class ServerConfig:
     port: int = 8080
     mode: Mode = Mode.CHAT
 
+    # The log
+    # Events kept for history and resume: a few minutes of a busy room, so a
+    # client that lost its connection for a while catches up.
+    history_size: int = 1000
+    # None: the room is this process alone, its log in memory.
+    redis_url: str | None = None
+    # One prefix, one room: rooms sharing a Redis never see each other.
+    redis_prefix: str = "broadcast-sync"
+
     # Origins
     # Empty: browsers must be same-origin; "*" in the tuple allows any origin.
     allowed_origins: tuple[str, ...] = ()

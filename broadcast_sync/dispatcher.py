@@ -1,8 +1,9 @@
-"""The dispatcher: one thread that puts every message in one order.
+"""The dispatcher: one thread that fans the log out to this server's clients.
 
-Readers hand it joins, broadcast frames, notices and leaves through a bounded
-inbox; it fans each batch out to every member of the room, so every client
-sees the same order.
+The log hands it events in offset order; sessions hand it their arrivals,
+departures and notices. Everything goes through one bounded inbox, so the
+dispatcher sees one sequence, and every client gets the events in the log's
+order, from exactly where it came in.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from broadcast_sync import frames, messages
-from broadcast_sync.hub import Hub
-
-if TYPE_CHECKING:
-    from broadcast_sync.session import Session
+from broadcast_sync.events import EventId, EventKind, LoggedEvent
+from broadcast_sync.hub import Hub, Member
+from broadcast_sync.log import EventLog, LogUnavailable, Snapshot
+from broadcast_sync.messages import Format
 
 logger = logging.getLogger(__name__)
 
@@ -28,106 +29,154 @@ logger = logging.getLogger(__name__)
 INBOX_SIZE = 16384
 #: How often a reader waiting on a full inbox checks that the dispatcher runs.
 PUT_RETRY_SECONDS = 0.5
+#: What JSON clients are told when the log starts over with a new epoch.
+EPOCH_CHANGED = "the chat history was lost; earlier messages cannot be resumed"
 
 
 @dataclasses.dataclass(frozen=True)
-class _Join:
-    session: Session
+class _Add:
+    member: Member
+    #: Logged events to send before the live ones.
+    history: int
+    #: Resume after this event instead.
+    since: EventId | None
 
 
 @dataclasses.dataclass(frozen=True)
-class _Broadcast:
-    frame: bytes
+class _Events:
+    events: Sequence[LoggedEvent]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Restart:
+    snapshot: Snapshot
 
 
 @dataclasses.dataclass(frozen=True)
 class _SendTo:
-    session: Session
+    member: Member
     frame: bytes
 
 
 @dataclasses.dataclass(frozen=True)
-class _Leave:
-    session: Session
+class _Remove:
+    member: Member
     close_frame: bytes | None
+    #: The offset of the member's last logged event: it gets its own
+    #: messages before it goes.
+    after: int
+    #: Monotonic time after which it goes anyway: the log may be stalled.
+    deadline: float
 
 
 @dataclasses.dataclass(frozen=True)
 class _Stop:
-    pass
+    #: The offset of the last event this server logged.
+    after: int
+    deadline: float
 
 
-_Item = _Join | _Broadcast | _SendTo | _Leave | _Stop
+_Item = _Add | _Events | _Restart | _SendTo | _Remove | _Stop
 
 
 @dataclasses.dataclass
 class _Flush:
-    """What one flush sends: frames in order, and who gets which of them.
+    """What one flush sends: events in order, and who gets which of them.
 
-    Members of the hub get every frame. A client that joined during the
-    batch gets the frames from its own join notice on, and joins the hub
-    after the fan-out; one that left gets the frames before its leave, then
-    its close frame. So a burst of joins costs one fan-out, not one each.
+    Members of the hub get every event. A client added during the batch
+    gets the events from its arrival on, and joins the hub after the
+    fan-out; one removed gets the events before its removal, then its close
+    frame. So a burst of arrivals costs one fan-out, not one each.
     """
 
-    frames: list[bytes] = dataclasses.field(default_factory=list)
-    #: Clients that joined, with the index of their first frame.
-    joined: dict[Session, int] = dataclasses.field(default_factory=dict)
-    #: Clients that left: their first and end frame index, and close frame.
-    left: list[tuple[Session, int, int, bytes | None]] = dataclasses.field(
+    events: list[LoggedEvent] = dataclasses.field(default_factory=list)
+    #: Clients added, with the index of their first event.
+    added: dict[Member, int] = dataclasses.field(default_factory=dict)
+    #: Clients removed: their first and end event index, and close frame.
+    removed: list[tuple[Member, int, int, bytes | None]] = dataclasses.field(
         default_factory=list
     )
 
 
 class Dispatcher:
-    """Orders frames and fans them out to every member of the hub.
+    """Fans the log's events out to every member of the hub.
 
     Strategy: batching. The thread drains its inbox and joins the frames of
-    everything it found into one buffer, sent with one system call per
-    client. A message that finds the dispatcher idle goes out at once; when
-    messages arrived during the previous flush (the server is under load),
-    the next flush waits until ``batch_window`` after it, so that each
-    carries more messages for the same cost.
+    everything it found into one buffer per format, sent with one system
+    call per client. A message that finds the dispatcher idle goes out at
+    once; when messages arrived during the previous flush (the server is
+    under load), the next flush waits until ``batch_window`` after it, so
+    that each carries more messages for the same cost. Each event is encoded
+    once per format in use.
     """
 
-    def __init__(
-        self, hub: Hub[Session], *, batch_window: float, announce: bool
-    ) -> None:
-        """``announce``: broadcast join and leave notices (chat mode)."""
+    def __init__(self, hub: Hub[Member], log: EventLog, *, batch_window: float) -> None:
         self._hub = hub
+        self._log = log
         self._batch_window = batch_window
-        self._announce = announce
         self._inbox: queue.Queue[_Item] = queue.Queue(INBOX_SIZE)
         #: Set when the thread has stopped: puts would never be taken.
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dispatcher")
 
+        # Owned by the dispatcher thread.
+        #: The log's epoch and the offset of the last event delivered.
+        self._epoch = ""
+        self._offset = 0
+        #: Who is in the room (on every server), as of ``_offset``.
+        self._online: set[str] = set()
+        #: Removals and the stop waiting for the events before them.
+        self._waiting: list[_Remove] = []
+        self._stopping: _Stop | None = None
+
     def start(self) -> None:
         """Start the dispatcher thread."""
         self._thread.start()
 
-    def stop(self) -> None:
-        """Deliver what was accepted, close every member with 1001, and join."""
-        self._put(_Stop())
+    def stop(self, after: int, timeout: float) -> None:
+        """Deliver the events up to offset ``after``, or wait ``timeout`` for
+        them; then close every member with 1001, and join the thread."""
+        self._put(_Stop(after, time.monotonic() + timeout))
         self._thread.join()
+
+    # Called by the log, in order.
+
+    def restart(self, snapshot: Snapshot) -> None:
+        """Start over from ``snapshot``: the log is new, or was lost."""
+        self._put(_Restart(snapshot))
+
+    def deliver(self, events: Sequence[LoggedEvent]) -> None:
+        """Fan out ``events``, which follow everything delivered before."""
+        self._put(_Events(events))
 
     # Called from reader threads.
 
-    def join(self, session: Session) -> None:
-        """Add ``session`` to the room."""
-        self._put(_Join(session))
+    def add(
+        self, member: Member, *, history: int = 0, since: EventId | None = None
+    ) -> None:
+        """Start sending events to ``member``.
 
-    def broadcast(self, frame: bytes) -> None:
-        """Send an encoded ``frame`` to every member."""
-        self._put(_Broadcast(frame))
+        A JSON member first gets its welcome. Then the member gets the
+        events after ``since``, or else the last ``history`` events, and
+        then every event after those: nothing falls between the two, and
+        nothing comes twice, because the dispatcher reads the history up to
+        the last event it delivered.
+        """
+        self._put(_Add(member, history, since))
 
-    def send_to(self, session: Session, frame: bytes) -> None:
-        """Send an encoded ``frame`` to ``session`` alone, in order."""
-        self._put(_SendTo(session, frame))
+    def send_to(self, member: Member, frame: bytes) -> None:
+        """Send an encoded ``frame`` to ``member`` alone, in order."""
+        self._put(_SendTo(member, frame))
 
-    def leave(self, session: Session, close_frame: bytes | None) -> None:
-        """Remove ``session``, closing it with ``close_frame`` if given."""
-        self._put(_Leave(session, close_frame))
+    def remove(
+        self, member: Member, close_frame: bytes | None, *, after: int, wait: float
+    ) -> None:
+        """Stop sending to ``member``, closing it with ``close_frame`` if given.
+
+        It first gets the events up to offset ``after`` (its own last
+        message), unless they take longer than ``wait`` seconds to come.
+        """
+        self._put(_Remove(member, close_frame, after, time.monotonic() + wait))
 
     def _put(self, item: _Item) -> None:
         while not self._stopped.is_set():
@@ -148,7 +197,7 @@ class Dispatcher:
                     items = [self._inbox.get_nowait()]
                 except queue.Empty:
                     # Idle until now: this item goes out at once.
-                    items = [self._inbox.get()]
+                    items = self._wait()
                 else:
                     pause = last_flush + self._batch_window - time.monotonic()
                     if pause > 0:
@@ -160,6 +209,18 @@ class Dispatcher:
         finally:
             self._stopped.set()
 
+    def _wait(self) -> list[_Item]:
+        """Wait for an item, or for the first deadline of what is waiting."""
+        deadlines = [item.deadline for item in self._waiting]
+        if self._stopping is not None:
+            deadlines.append(self._stopping.deadline)
+        if not deadlines:
+            return [self._inbox.get()]
+        try:
+            return [self._inbox.get(timeout=max(min(deadlines) - time.monotonic(), 0))]
+        except queue.Empty:
+            return []
+
     def _drain(self) -> list[_Item]:
         items: list[_Item] = []
         try:
@@ -169,71 +230,200 @@ class Dispatcher:
             return items
 
     def _deliver(self, items: list[_Item]) -> bool:
-        """Send ``items`` in order; False once told to stop."""
+        """Send ``items`` in order; False once stopped."""
         flush = _Flush()
         for item in items:
-            if isinstance(item, _Broadcast):
-                flush.frames.append(item.frame)
-            elif isinstance(item, _Join):
-                flush.joined[item.session] = len(flush.frames)
-                flush.frames += self._notice(messages.joined(item.session.name))
-            elif isinstance(item, _Leave):
-                self._remove(item.session, item.close_frame, flush)
+            if isinstance(item, _Events):
+                self._add_events(item.events, flush)
+            elif isinstance(item, _Add):
+                self._add(item, flush)
+            elif isinstance(item, _Remove):
+                self._waiting.append(item)
+            elif isinstance(item, _Stop):
+                self._stopping = item
             else:
-                # A frame for one client, or the end: send what came first.
+                # A frame for one client, or a new epoch: send what came first.
                 self._send(flush)
                 flush = _Flush()
                 if isinstance(item, _SendTo):
-                    item.session.send(item.frame)
+                    item.member.send(item.frame)
                 else:
-                    self._close_all()
-                    return False
+                    self._restart(item.snapshot)
+            self._remove_due(flush)
         self._send(flush)
+        if self._stopping is not None and self._due(self._stopping):
+            self._close_all()
+            return False
         return True
 
-    def _remove(
-        self, session: Session, close_frame: bytes | None, flush: _Flush
-    ) -> None:
-        start = flush.joined.pop(session, 0)
-        end = len(flush.frames)
-        flush.left.append((session, start, end, close_frame))
-        count = self._hub.remove_member(session) + len(flush.joined)
+    def _remove_all_waiting(self) -> None:
+        """Remove the members still waiting for their last events."""
+        flush = _Flush()
+        for item in self._waiting:
+            self._remove(item, flush)
+        self._waiting = []
+        self._send(flush)
+
+    def _add_events(self, events: Sequence[LoggedEvent], flush: _Flush) -> None:
+        for logged in events:
+            if logged.offset <= self._offset:
+                continue  # read again after a reconnection
+            if logged.offset > self._offset + 1:
+                logger.warning(
+                    "events %d to %d were lost: the log dropped them first",
+                    self._offset + 1,
+                    logged.offset - 1,
+                )
+            self._offset = logged.offset
+            event = logged.event
+            if event.kind is EventKind.JOIN:
+                self._online.add(event.user)
+            elif event.kind is EventKind.LEAVE:
+                self._online.discard(event.user)
+            flush.events.append(logged)
+            if self._waiting:
+                self._remove_due(flush)
+
+    def _add(self, item: _Add, flush: _Flush) -> None:
+        member = item.member
+        history, resumed = self._history(item)
+        head = []
+        if member.format is Format.JSON:
+            last_id = EventId(self._epoch, self._offset) if self._offset else None
+            users = self._online | {member.name}
+            welcome = messages.welcome_json(member.name, users, last_id, resumed)
+            head.append(frames.encode_message(welcome))
+        head += encode(history, member.format, self._epoch)
+        if head:
+            member.send(b"".join(head))
+        flush.added[member] = len(flush.events)
+
+    def _history(self, item: _Add) -> tuple[list[LoggedEvent], bool | None]:
+        """The events ``item`` asks for, and whether it resumed (if it asked)."""
+        since = item.since
+        if since is None:
+            return self._read(max(self._offset - item.history, 0)), None
+        if since.epoch != self._epoch or since.offset > self._offset:
+            return [], False
+        events = self._read(since.offset)
+        if len(events) != self._offset - since.offset:
+            return [], False  # trimmed away: no partial replay
+        return events, True
+
+    def _read(self, after: int) -> list[LoggedEvent]:
+        if after >= self._offset:
+            return []
+        try:
+            return self._log.read(after, self._offset, self._epoch)
+        except LogUnavailable as exc:
+            logger.warning("cannot read the history: %s", exc)
+            return []
+
+    def _remove_due(self, flush: _Flush) -> None:
+        """Remove the members whose last events were delivered, or can wait
+        no longer."""
+        if not self._waiting:
+            return
+        waiting = []
+        for item in self._waiting:
+            if self._due(item):
+                self._remove(item, flush)
+            else:
+                waiting.append(item)
+        self._waiting = waiting
+
+    def _due(self, item: _Remove | _Stop) -> bool:
+        return item.after <= self._offset or time.monotonic() >= item.deadline
+
+    def _remove(self, item: _Remove, flush: _Flush) -> None:
+        member = item.member
+        start = flush.added.pop(member, 0)
+        flush.removed.append((member, start, len(flush.events), item.close_frame))
+        count = self._hub.remove(member) + len(flush.added)
         logger.info(
             "%s (%s) left: %s; %d connected",
-            session.name,
-            session.address,
-            session.end_reason,
+            member.name,
+            member.address,
+            member.end_reason,
             count,
         )
-        flush.frames += self._notice(messages.left(session.name))
+
+    def _restart(self, snapshot: Snapshot) -> None:
+        if self._epoch and snapshot.epoch != self._epoch:
+            logger.warning("the log was lost: new epoch %s", snapshot.epoch)
+            data = frames.encode_message(messages.notice(EPOCH_CHANGED, Format.JSON))
+            for member in self._hub.members():
+                if member.format is Format.JSON:
+                    member.send(data)
+        self._epoch = snapshot.epoch
+        self._offset = snapshot.offset
+        self._online = set(snapshot.online)
+        # Their last events belong to the lost log: nothing is left to wait for.
+        self._remove_all_waiting()
 
     def _send(self, flush: _Flush) -> None:
         """Fan ``flush`` out, then let its newcomers in and its leavers go."""
-        batch = flush.frames
-        if batch:
-            data = b"".join(batch)
+        rendered = _Rendered(flush.events, self._epoch)
+        if flush.events:
             with self._hub.locked_members() as members:
                 for member in members:
-                    member.send(data)
-        for session, start in flush.joined.items():
-            count = self._hub.add_member(session)
+                    member.send(rendered.joined(member.format))
+        for member, start in flush.added.items():
+            count = self._hub.add(member)
             logger.info(
-                "%s (%s) joined; %d connected", session.name, session.address, count
+                "%s (%s) joined; %d connected", member.name, member.address, count
             )
-            if start < len(batch):
-                session.send(b"".join(batch[start:]))
-        for session, start, end, close_frame in flush.left:
+            if start < len(flush.events):
+                member.send(rendered.joined(member.format, start))
+        for member, start, end, close_frame in flush.removed:
             if start < end:
-                session.send(b"".join(batch[start:end]))
+                member.send(rendered.joined(member.format, start, end))
             if close_frame is not None:
-                session.close(close_frame)
-
-    def _notice(self, text: str) -> list[bytes]:
-        return [frames.encode_message(text)] if self._announce else []
+                member.close(close_frame)
 
     def _close_all(self) -> None:
+        self._remove_all_waiting()
         members = self._hub.members()
         logger.info("closing %d connections: server shutting down", len(members))
         close_frame = frames.encode_close(frames.GOING_AWAY, "server shutting down")
         for member in members:
             member.close(close_frame, "server shutting down (1001)")
+
+
+def encode(events: Sequence[LoggedEvent], format: Format, epoch: str) -> list[bytes]:
+    """Each of ``events``, of the log of ``epoch``, as a frame in ``format``."""
+    if format is Format.JSON:
+        return [
+            frames.encode_message(
+                messages.event_json(logged.event, EventId(epoch, logged.offset))
+            )
+            for logged in events
+        ]
+    return [
+        frames.encode_message(messages.event_text(logged.event)) for logged in events
+    ]
+
+
+class _Rendered:
+    """The frames of one flush, encoded once per format, and only if used."""
+
+    def __init__(self, events: Sequence[LoggedEvent], epoch: str) -> None:
+        self._events = events
+        self._epoch = epoch
+        self._frames: dict[Format, list[bytes]] = {}
+        self._whole: dict[Format, bytes] = {}
+
+    def joined(self, format: Format, start: int = 0, end: int | None = None) -> bytes:
+        """The frames of events ``start`` to ``end`` in ``format``, as one buffer."""
+        if start == 0 and end is None:
+            whole = self._whole.get(format)
+            if whole is None:
+                whole = self._whole[format] = b"".join(self._encoded(format))
+            return whole
+        return b"".join(self._encoded(format)[start:end])
+
+    def _encoded(self, format: Format) -> list[bytes]:
+        encoded = self._frames.get(format)
+        if encoded is None:
+            encoded = self._frames[format] = encode(self._events, format, self._epoch)
+        return encoded

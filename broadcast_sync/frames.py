@@ -18,6 +18,7 @@ INVALID_PAYLOAD = CloseReason.INVALID_FRAME_PAYLOAD_DATA  # 1007: invalid UTF-8
 POLICY_VIOLATION = CloseReason.POLICY_VIOLATION  # 1008: too slow to read
 MESSAGE_TOO_BIG = CloseReason.MESSAGE_TOO_BIG  # 1009
 INTERNAL_ERROR = CloseReason.INTERNAL_ERROR  # 1011: no pong in time
+TRY_AGAIN_LATER = CloseReason.TRY_AGAIN_LATER  # 1013: the log is unreachable
 
 
 def _encoder() -> FrameProtocol:

@@ -13,10 +13,14 @@ import hashlib
 import socket
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 
 import h11
+
+from broadcast_sync.config import Mode
+from broadcast_sync.events import EventId, parse_event_id
+from broadcast_sync.messages import Format
 
 #: The path clients connect to.
 WEBSOCKET_PATH = "/ws"
@@ -52,7 +56,24 @@ class Request:
     key: str
     host: str
     origin: str | None
-    username: str | None
+    #: The query string's parameters, each given at most once.
+    parameters: Mapping[str, str]
+
+    @property
+    def username(self) -> str | None:
+        """The name the client asked for, if any."""
+        return self.parameters.get("username")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrival:
+    """What a client asked for in its handshake, besides its name."""
+
+    format: Format = Format.TEXT
+    #: Logged events to send before its own join.
+    history: int = 0
+    #: Resume after this event (JSON only).
+    since: EventId | None = None
 
 
 def read_request(sock: socket.socket, timeout: float) -> tuple[h11.Request, bytes]:
@@ -146,7 +167,7 @@ def parse_request(request: h11.Request) -> Request:
         key=_check_key(headers.get("sec-websocket-key")),
         host=headers.get("host") or "",
         origin=headers.get("origin"),
-        username=_username_parameter(target.query),
+        parameters=_query_parameters(target.query),
     )
 
 
@@ -222,19 +243,59 @@ def _check_key(key: str | None) -> str:
     return key
 
 
-def _username_parameter(query: str) -> str | None:
+def _query_parameters(query: str) -> dict[str, str]:
     try:
         parameters = urllib.parse.parse_qs(
             query, keep_blank_values=True, strict_parsing=False, errors="strict"
         )
     except UnicodeDecodeError as exc:
         raise _bad_request("the query string is not valid UTF-8") from exc
-    values = parameters.get("username")
-    if values is None:
+    for name, values in parameters.items():
+        if len(values) > 1:
+            raise _bad_request(f"{name} given more than once")
+    return {name: values[0] for name, values in parameters.items()}
+
+
+def parse_arrival(request: Request, mode: Mode, history_size: int) -> Arrival:
+    """What the client asks for besides its name: ``format``, ``history``
+    and ``since``.
+
+    Raises:
+        HandshakeError: 400 for a value that is not valid, or not in ``mode``.
+    """
+    parameters = request.parameters
+    try:
+        format = Format(parameters.get("format", Format.TEXT.value))
+    except ValueError:
+        raise _bad_request(f"unknown format: {parameters['format']!r}") from None
+    if format is Format.JSON and mode is Mode.RELAY:
+        raise _bad_request("format=json is for chat mode; relay mode relays as is")
+    return Arrival(
+        format=format,
+        history=_history_parameter(parameters.get("history"), history_size),
+        since=_since_parameter(parameters.get("since"), format),
+    )
+
+
+def _history_parameter(text: str | None, history_size: int) -> int:
+    if text is None:
+        return 0
+    if not (text.isascii() and text.isdigit()) or int(text) > history_size:
+        raise _bad_request(
+            f"history must be a whole number from 0 to {history_size}: {text!r}"
+        )
+    return int(text)
+
+
+def _since_parameter(text: str | None, format: Format) -> EventId | None:
+    if text is None:
         return None
-    if len(values) > 1:
-        raise _bad_request("username given more than once")
-    return values[0]
+    if format is not Format.JSON:
+        raise _bad_request("since needs format=json, which tells whether it resumed")
+    try:
+        return parse_event_id(text)
+    except ValueError:
+        raise _bad_request(f"since is not an event id: {text!r}") from None
 
 
 class _Headers:

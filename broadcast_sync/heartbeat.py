@@ -8,11 +8,10 @@ import time
 from typing import TYPE_CHECKING
 
 from broadcast_sync import frames
-from broadcast_sync.hub import Hub
+from broadcast_sync.hub import Hub, Member
 
 if TYPE_CHECKING:
     from broadcast_sync.config import ServerConfig
-    from broadcast_sync.session import Session
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ class Heartbeat:
     comes first, so a dead client is dropped on time whatever the interval.
     """
 
-    def __init__(self, hub: Hub[Session], config: ServerConfig) -> None:
+    def __init__(self, hub: Hub[Member], config: ServerConfig) -> None:
         self._hub = hub
         self._ping_interval = config.ping_interval
         self._pong_timeout = config.pong_timeout
@@ -56,7 +55,7 @@ class Heartbeat:
             if self._stopping.wait(wake - now):
                 return
 
-    def _drop_silent(self, members: list[Session], now: float) -> list[float]:
+    def _drop_silent(self, members: list[Member], now: float) -> list[float]:
         """Drop the members silent for too long; return the others' deadlines."""
         deadlines = []
         for member in members:

@@ -15,19 +15,23 @@ import time
 from http import HTTPStatus
 from types import TracebackType
 
-from broadcast_sync.config import Mode, ServerConfig
+from broadcast_sync.config import ServerConfig
 from broadcast_sync.dispatcher import Dispatcher
 from broadcast_sync.handshake import (
     RECEIVE_BYTES,
+    Arrival,
     HandshakeError,
     accept_response,
     check_origin,
+    parse_arrival,
     parse_request,
     read_request,
     reject_response,
 )
 from broadcast_sync.heartbeat import Heartbeat
-from broadcast_sync.hub import Hub, RoomFull
+from broadcast_sync.hub import Hub, Member
+from broadcast_sync.log import EventLog, LogUnavailable, MemoryLog
+from broadcast_sync.names import RoomFull
 from broadcast_sync.session import Session
 from broadcast_sync.validation import InvalidUsername, clean_username
 
@@ -55,6 +59,17 @@ def format_address(address: tuple[str, int]) -> str:
     return f"{address[0]}:{address[1]}"
 
 
+def make_log(config: ServerConfig) -> EventLog:
+    """The log that ``config`` asks for: in Redis, or in memory."""
+    if config.redis_url is None:
+        return MemoryLog(
+            config.history_size, config.max_clients, config.max_username_chars
+        )
+    from broadcast_sync.redislog import RedisLog  # noqa: PLC0415 (needs redis)
+
+    return RedisLog(config)
+
+
 class BroadcastServer(socketserver.ThreadingTCPServer):
     """The broadcast server: call :meth:`start`, then :meth:`stop`.
 
@@ -69,11 +84,10 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.hub: Hub[Session] = Hub(config.max_clients, config.max_username_chars)
+        self.log = make_log(config)
+        self.hub: Hub[Member] = Hub()
         self.dispatcher = Dispatcher(
-            self.hub,
-            batch_window=config.batch_window,
-            announce=config.mode is Mode.CHAT,
+            self.hub, self.log, batch_window=config.batch_window
         )
         self.heartbeat = Heartbeat(self.hub, config)
         #: Guards ``_connections`` and ``_exited``.
@@ -95,9 +109,19 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         return int(self.server_address[1])
 
     def start(self) -> None:
-        """Start the dispatcher, the heartbeat and the acceptor threads."""
+        """Start the dispatcher, the log, the heartbeat and the acceptor.
+
+        Raises:
+            LogUnavailable: if the log cannot be reached.
+        """
         threading.stack_size(THREAD_STACK_BYTES)
         self.dispatcher.start()
+        try:
+            self.log.start(self.dispatcher)
+        except LogUnavailable:
+            self.dispatcher.stop(after=0, timeout=0)
+            self.server_close()
+            raise
         self.heartbeat.start()
         self._acceptor.start()
         logger.info("listening on %s:%d", self.config.host, self.port)
@@ -112,7 +136,8 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         self._stopping.set()
         self.shutdown()
         self._acceptor.join()
-        self.dispatcher.stop()
+        # Our own clients' last messages may still be on their way back.
+        self.dispatcher.stop(self.log.appended, self.config.close_timeout)
         self.heartbeat.stop()
         deadline = time.monotonic() + self.config.close_timeout
         for thread in self._connection_threads():
@@ -123,6 +148,7 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
                     sock.shutdown(socket.SHUT_RDWR)
         for thread in self._connection_threads():
             thread.join()
+        self.log.stop()  # after the sessions, which logged their leaves
         self.server_close()
         logger.info("stopped")
 
@@ -215,7 +241,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         address = format_address(self.client_address)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            name, key, trailing_data = self._handshake()
+            name, key, arrival, trailing_data = self._handshake()
         except HandshakeError as exc:
             logger.info("rejected %s: %d %s", address, exc.status.value, exc.reason)
             if self._send(reject_response(exc)):
@@ -230,7 +256,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             logger.info("lost %s during the handshake: %s", address, exc)
             return
         if not self._send(accept_response(key)):
-            self.server.hub.release_name(name)
+            self.server.log.release_name(name)
             return
         self.request.settimeout(None)
         session = Session(
@@ -238,17 +264,19 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             address,
             name,
             config=self.server.config,
-            dispatcher=self.server.dispatcher,
+            room=self.server.dispatcher,
+            log=self.server.log,
+            arrival=arrival,
             trailing_data=trailing_data,
         )
         session.run()
 
-    def _handshake(self) -> tuple[str, str, bytes]:
+    def _handshake(self) -> tuple[str, str, Arrival, bytes]:
         """Read and check the handshake; reserve the client's name.
 
         Returns:
-            The name given to the client, its key and bytes read past the
-            request.
+            The name given to the client, its key, what else it asked for and
+            bytes read past the request.
         """
         config = self.server.config
         http_request, trailing_data = read_request(
@@ -256,6 +284,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         )
         request = parse_request(http_request)
         check_origin(request, config.allowed_origins)
+        arrival = parse_arrival(request, config.mode, config.history_size)
         requested = request.username
         if requested is None:
             requested = self.client_address[0]
@@ -266,10 +295,10 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         if self.server.stopping:
             raise HandshakeError(HTTPStatus.SERVICE_UNAVAILABLE, "server shutting down")
         try:
-            name = self.server.hub.reserve_name(username)
-        except RoomFull as exc:
+            name = self.server.log.reserve_name(username)
+        except (RoomFull, LogUnavailable) as exc:
             raise HandshakeError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from exc
-        return name, request.key, trailing_data
+        return name, request.key, arrival, trailing_data
 
     def _linger(self) -> None:
         """Let the client read our answer before the socket is closed.

@@ -20,20 +20,23 @@ import select
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
     BytesMessage,
     CloseConnection,
-    Event,
     Ping,
     TextMessage,
 )
+from wsproto.events import Event as ProtocolEvent
 
 from broadcast_sync import frames, messages
 from broadcast_sync.assembler import MessageAssembler, MessageTooBig
 from broadcast_sync.config import Mode
+from broadcast_sync.events import Event, EventId, EventKind
+from broadcast_sync.handshake import Arrival
+from broadcast_sync.log import EventLog, LogUnavailable
 from broadcast_sync.ratelimit import RateLimiter, Verdict
 from broadcast_sync.validation import (
     InvalidMessage,
@@ -44,12 +47,29 @@ from broadcast_sync.validation import (
 
 if TYPE_CHECKING:
     from broadcast_sync.config import ServerConfig
-    from broadcast_sync.dispatcher import Dispatcher
+    from broadcast_sync.hub import Member
 
 logger = logging.getLogger(__name__)
 
 #: Bytes read from the socket at a time: many chat messages, little memory.
 RECEIVE_BYTES = 16384
+
+
+class Room(Protocol):
+    """Where a session arrives, gets its notices and leaves: the dispatcher."""
+
+    def add(
+        self, member: Member, *, history: int = 0, since: EventId | None = None
+    ) -> None:
+        """Start sending events to ``member``."""
+
+    def send_to(self, member: Member, frame: bytes) -> None:
+        """Send ``frame`` to ``member`` alone, in order."""
+
+    def remove(
+        self, member: Member, close_frame: bytes | None, *, after: int, wait: float
+    ) -> None:
+        """Stop sending to ``member`` once it has the events up to ``after``."""
 
 
 class Session:
@@ -58,6 +78,8 @@ class Session:
     The reader runs in the connection's own thread (:meth:`run`), which
     starts the writer thread and joins it before returning. The dispatcher
     and the heartbeat call :meth:`send`, :meth:`close` and :meth:`abort`.
+    The reader appends the client's messages to the log, which hands them
+    to the dispatcher.
     """
 
     def __init__(
@@ -67,12 +89,15 @@ class Session:
         name: str,
         *,
         config: ServerConfig,
-        dispatcher: Dispatcher,
+        room: Room,
+        log: EventLog,
+        arrival: Arrival,
         trailing_data: bytes = b"",
     ) -> None:
         self.sock = sock
         self.address = address
         self.name = name
+        self.format = arrival.format
         #: Why the session ended, for the log; the first reason given wins.
         #: Written under ``_lock``.
         self.end_reason = ""
@@ -80,7 +105,9 @@ class Session:
         #: read by the heartbeat: a float assignment needs no lock.
         self.last_seen = time.monotonic()
         self._config = config
-        self._dispatcher = dispatcher
+        self._room = room
+        self._log = log
+        self._arrival = arrival
 
         # Owned by the reader thread.
         self._connection = Connection(
@@ -89,6 +116,10 @@ class Session:
         self._limiter = RateLimiter(config.rate_limit, config.rate_window)
         self._assembler = MessageAssembler(config.max_message_bytes)
         self._relay = config.mode is Mode.RELAY
+        #: The offset of the last event this client logged.
+        self._last_offset = 0
+        #: Whether its join was logged, and so its leave must be.
+        self._join_logged = False
         self._left = False
         self._close_deadline = float("inf")
         self._poller = select.poll()
@@ -234,7 +265,10 @@ class Session:
     def run(self) -> None:
         """Serve the client until it leaves; returns once both threads are done."""
         self._writer.start()
-        self._dispatcher.join(self)
+        arrival = self._arrival
+        self._room.add(self, history=arrival.history, since=arrival.since)
+        if not self._relay:
+            self._log_join()
         try:
             self._read_loop()
         except TimeoutError:
@@ -245,6 +279,18 @@ class Session:
             self.abort("connection closed")
             self._writer.join()
             self._leave()
+
+    def _log_join(self) -> None:
+        try:
+            self._append(Event(EventKind.JOIN, self.name, time.time()))
+        except LogUnavailable as exc:
+            self._fail(frames.TRY_AGAIN_LATER, f"the chat is unavailable: {exc}")
+        else:
+            self._join_logged = True
+
+    def _append(self, event: Event) -> None:
+        """Log ``event``; the dispatcher fans it out from the log."""
+        self._last_offset = self._log.append(event)
 
     def _read_loop(self) -> None:
         # Events first: the handshake may have read the first frames already.
@@ -282,7 +328,7 @@ class Session:
             raise TimeoutError
         return self.sock.recv(RECEIVE_BYTES)
 
-    def _handle(self, event: Event) -> bool:
+    def _handle(self, event: ProtocolEvent) -> bool:
         """Act on one event; False when the connection is done."""
         if isinstance(event, (TextMessage, BytesMessage)):
             self._on_data(event)
@@ -323,7 +369,7 @@ class Session:
         if not self._within_rate():
             return
         if self._relay:
-            self._dispatcher.broadcast(frames.encode_message(message))
+            self._relay_data(message)
         else:
             assert isinstance(message, str)  # binary was refused above
             self._on_chat(message)
@@ -357,13 +403,23 @@ class Session:
             self._notify(str(exc))
             return
         logger.debug("%s: %s", self.name, message)
-        line = messages.chat_line(self.name, message)
-        self._dispatcher.broadcast(frames.encode_message(line))
+        try:
+            self._append(Event(EventKind.MESSAGE, self.name, time.time(), message))
+        except LogUnavailable as exc:
+            logger.info("%s (%s): message not logged: %s", self.name, self.address, exc)
+            self._notify(f"message not sent: {exc}")
+
+    def _relay_data(self, message: str | bytes) -> None:
+        try:
+            self._append(Event(EventKind.DATA, self.name, time.time(), message))
+        except LogUnavailable as exc:
+            # Relayed data gets no text mixed in: the sender sees no echo.
+            logger.info("%s (%s): data not logged: %s", self.name, self.address, exc)
 
     def _notify(self, text: str) -> None:
-        """Send a server notice to this client alone."""
-        notice = frames.encode_message(messages.server_notice(text))
-        self._dispatcher.send_to(self, notice)
+        """Send a notice to this client alone."""
+        notice = frames.encode_message(messages.notice(text, self.format))
+        self._room.send_to(self, notice)
 
     def _fail(self, code: int, reason: str) -> None:
         """Close the connection for a fault of the client's."""
@@ -372,14 +428,22 @@ class Session:
     def _leave(self, close_frame: bytes | None = None, reason: str = "") -> None:
         """Leave the room once, handing the close frame to the dispatcher.
 
-        Going through the dispatcher sends the close frame after every
-        message the client was sent before it. The reader then reads only
-        until the client closes its side, or the close timeout.
+        Going through the dispatcher sends the close frame after every event
+        up to the client's own last message. Then the leave is logged, which
+        frees the name. The reader reads on only until the client closes its
+        side, or the close timeout.
         """
         if self._left:
             return
         self._left = True
         if reason:
             self._record_end(reason)
-        self._close_deadline = time.monotonic() + self._config.close_timeout
-        self._dispatcher.leave(self, close_frame)
+        close_timeout = self._config.close_timeout
+        self._close_deadline = time.monotonic() + close_timeout
+        self._room.remove(
+            self, close_frame, after=self._last_offset, wait=close_timeout
+        )
+        leave = None
+        if self._join_logged:
+            leave = Event(EventKind.LEAVE, self.name, time.time())
+        self._log.leave(self.name, leave)

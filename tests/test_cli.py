@@ -34,6 +34,9 @@ START_OPTIONS = (
     "--port",
     "--mode",
     "--allowed-origin",
+    "--history-size",
+    "--redis",
+    "--redis-prefix",
     "--rate-limit",
     "--rate-window",
     "--max-message-bytes",
@@ -52,7 +55,7 @@ START_OPTIONS = (
 CONNECT_OPTIONS = ("--host", "--port", "--username")
 
 #: ServerConfig fields whose option is not named after the field.
-OPTION_FOR_FIELD = {"allowed_origins": "--allowed-origin"}
+OPTION_FOR_FIELD = {"allowed_origins": "--allowed-origin", "redis_url": "--redis"}
 
 
 def run_command(

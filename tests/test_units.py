@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from http import HTTPStatus
 
@@ -18,7 +17,8 @@ from broadcast_sync.handshake import (
     parse_request,
     reject_response,
 )
-from broadcast_sync.hub import Hub, RoomFull
+from broadcast_sync.hub import Hub
+from broadcast_sync.names import NameRegistry, RoomFull
 from broadcast_sync.ratelimit import RateLimiter, Verdict
 from broadcast_sync.terminal import Console
 from broadcast_sync.validation import (
@@ -215,52 +215,45 @@ def test_rate_limit_zero_disables() -> None:
     assert {limiter.check(0.0) for _ in range(1000)} == {Verdict.ALLOW}
 
 
-# hub.py
-
-
-@dataclasses.dataclass(frozen=True)
-class Member:
-    """A stand-in for a session: the hub only needs its name."""
-
-    name: str
+# names.py and hub.py
 
 
 def test_reserve_returns_a_free_name() -> None:
     """A free name is reserved as asked."""
-    hub: Hub[Member] = Hub(max_clients=10, max_name_chars=10)
-    assert hub.reserve_name("alice") == "alice"
-    assert hub.reserve_name("bob") == "bob"
+    names = NameRegistry(max_clients=10, max_name_chars=10)
+    assert names.reserve("alice") == "alice"
+    assert names.reserve("bob") == "bob"
 
 
 def test_taken_name_gets_suffixes() -> None:
     """The second and third "alice" become ``alice_1`` and ``alice_2``."""
-    hub: Hub[Member] = Hub(max_clients=10, max_name_chars=10)
-    names = [hub.reserve_name("alice") for _ in range(3)]
+    names = NameRegistry(max_clients=10, max_name_chars=10)
+    names = [names.reserve("alice") for _ in range(3)]
     assert names == ["alice", "alice_1", "alice_2"]
 
 
 def test_released_name_is_reused() -> None:
     """A released name, and the lowest free suffix, are given again."""
-    hub: Hub[Member] = Hub(max_clients=10, max_name_chars=10)
+    names = NameRegistry(max_clients=10, max_name_chars=10)
     for _ in range(3):
-        hub.reserve_name("alice")
-    hub.release_name("alice_1")
-    assert hub.reserve_name("alice") == "alice_1"
-    hub.release_name("alice")
-    assert hub.reserve_name("alice") == "alice"
+        names.reserve("alice")
+    names.release("alice_1")
+    assert names.reserve("alice") == "alice_1"
+    names.release("alice")
+    assert names.reserve("alice") == "alice"
 
 
 def test_server_name_is_reserved() -> None:
     """No user gets the name "Server", even when it is free."""
-    hub: Hub[Member] = Hub(max_clients=10, max_name_chars=10)
-    assert hub.reserve_name("Server") == "Server_1"
-    assert hub.reserve_name("Server") == "Server_2"
+    names = NameRegistry(max_clients=10, max_name_chars=10)
+    assert names.reserve("Server") == "Server_1"
+    assert names.reserve("Server") == "Server_2"
 
 
 def test_suffix_stays_within_max_chars() -> None:
     """A taken name at the limit is shortened to make room for its suffix."""
-    hub: Hub[Member] = Hub(max_clients=20, max_name_chars=5)
-    names = [hub.reserve_name("alice") for _ in range(12)]
+    names = NameRegistry(max_clients=20, max_name_chars=5)
+    names = [names.reserve("alice") for _ in range(12)]
     assert names == [
         "alice",
         *(f"ali_{number}" for number in range(1, 10)),
@@ -272,31 +265,31 @@ def test_suffix_stays_within_max_chars() -> None:
 
 def test_room_full_when_max_names_reserved() -> None:
     """Past max_clients names, reserving fails until one is released."""
-    hub: Hub[Member] = Hub(max_clients=2, max_name_chars=10)
-    hub.reserve_name("alice")
-    hub.reserve_name("bob")
+    names = NameRegistry(max_clients=2, max_name_chars=10)
+    names.reserve("alice")
+    names.reserve("bob")
     with pytest.raises(RoomFull, match=r"^the server is full \(2 clients\)$"):
-        hub.reserve_name("carol")
-    hub.release_name("bob")
-    assert hub.reserve_name("carol") == "carol"
+        names.reserve("carol")
+    names.release("bob")
+    assert names.reserve("carol") == "carol"
 
 
 def test_members_added_and_removed_with_counts() -> None:
-    """add and remove return the member count; removing frees the name."""
-    hub: Hub[Member] = Hub(max_clients=10, max_name_chars=10)
-    alice = Member(hub.reserve_name("alice"))
-    bob = Member(hub.reserve_name("bob"))
-    assert hub.add_member(alice) == 1
-    assert hub.add_member(bob) == 2
-    assert hub.members() == [alice, bob]
+    """add and remove return the member count; members are told apart by
+    identity, so two with one name can be members at once."""
+    hub: Hub[object] = Hub()
+    alice, alice_again = object(), object()
+    assert hub.add(alice) == 1
+    assert hub.add(alice_again) == 2
+    assert hub.members() == [alice, alice_again]
     with hub.locked_members() as members:
-        assert list(members) == [alice, bob]
-    assert hub.remove_member(alice) == 1
-    assert hub.remove_member(alice) == 1  # a second removal changes nothing
-    assert hub.members() == [bob]
-    assert hub.reserve_name("alice") == "alice"
-    assert hub.remove_member(bob) == 0
+        assert list(members) == [alice, alice_again]
+    assert hub.remove(alice) == 1
+    assert hub.remove(alice) == 1  # a second removal changes nothing
+    assert hub.members() == [alice_again]
+    assert hub.remove(alice_again) == 0
     assert hub.members() == []
+
 
 
 # handshake.py
@@ -336,7 +329,7 @@ def test_parse_request_reads_the_parts() -> None:
         key=SAMPLE_KEY,
         host="chat.example:8080",
         origin="http://chat.example:8080",
-        username="alice",
+        parameters={"username": "alice"},
     )
 
 
@@ -480,7 +473,7 @@ def test_version_refusal_names_the_supported_version() -> None:
 
 def origin_request(origin: str | None, host: str = "chat.example:8080") -> Request:
     """A parsed request from ``host`` with ``origin``."""
-    return Request(key=SAMPLE_KEY, host=host, origin=origin, username=None)
+    return Request(key=SAMPLE_KEY, host=host, origin=origin, parameters={})
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,535 @@
+"""The room's log in Redis: one room over many processes and hosts.
+
+Keys, all under the room's prefix ``P``:
+
+- ``P:meta``, a hash: the log's ``epoch`` and the last ``offset`` given.
+- ``P:log``, a stream: event ``N`` has the entry id ``N-0``; trimmed to
+  exactly ``--history-size`` entries.
+- ``P:online``, a hash: who is in the room, by the log's joins and leaves.
+- ``P:names``, a hash: each name in use and the node that holds it.
+- ``P:nodes``, a set of node ids; ``P:node:ID``, a key that lives while its
+  node refreshes it; ``P:node:ID:names``, the names that node holds.
+
+Strategy: every change is one Lua script, so it is atomic. An append takes
+the next offset and adds the entry in one step, which is what makes one
+global order. A node delivers only what it reads back from the stream, its
+own clients' messages included, so every client on every node sees the same
+sequence. A leave is logged and its name freed in one step, and the survivors
+of a dead node do both for each of its names, so each leave is logged once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+import urllib.parse
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from broadcast_sync.config import ServerConfig
+from broadcast_sync.events import Event, EventKind, LoggedEvent, new_epoch
+from broadcast_sync.log import LogUnavailable, Snapshot, Subscriber
+from broadcast_sync.names import RoomFull, name_variants
+
+logger = logging.getLogger(__name__)
+
+# Timeouts
+#: A command to a healthy Redis on a LAN takes a millisecond: a frozen one
+#: is given up on quickly, and the sender gets a notice instead of a wait.
+COMMAND_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 2.0
+#: How long one XREAD waits for new entries: the delay of stop().
+READ_BLOCK_MS = 250
+#: Entries one XREAD returns at most: one fan-out batch.
+READ_COUNT = 1000
+#: A node refreshes its key this often, and looks for dead nodes.
+REFRESH_SECONDS = 5.0
+#: A node whose key was not refreshed this long is dead: its users' leaves
+#: are logged within NODE_TTL + REFRESH_SECONDS (20 s).
+NODE_TTL_SECONDS = 15.0
+#: Reconnection backoff, doubled from the first to the last.
+BACKOFF_FIRST_SECONDS = 0.1
+BACKOFF_MAX_SECONDS = 2.0
+
+# Limits
+#: Connections shared by the threads that publish; more wait for one.
+POOL_SIZE = 32
+#: Names offered to the reserve script at once: the first free one wins.
+NAME_CANDIDATES = 32
+
+#: Appends an event; the epoch is created (and an old stream dropped) when
+#: the log is new. Shared by the scripts that log events.
+_APPEND = """
+local function ensure_epoch(meta, stream, fresh)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = fresh
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  end
+  return epoch
+end
+
+local function append(meta, stream, maxlen, fresh, kind, user, body, ts)
+  ensure_epoch(meta, stream, fresh)
+  local offset = redis.call('HINCRBY', meta, 'offset', 1)
+  redis.call('XADD', stream, 'MAXLEN', maxlen, offset .. '-0',
+             'k', kind, 'u', user, 'b', body, 't', ts)
+  return offset
+end
+"""
+
+#: KEYS: meta, log, online. ARGV: fresh epoch.
+_SNAPSHOT = (
+    _APPEND
+    + """
+local epoch = ensure_epoch(KEYS[1], KEYS[2], ARGV[1])
+local offset = redis.call('HGET', KEYS[1], 'offset')
+return {epoch, offset, redis.call('HKEYS', KEYS[3])}
+"""
+)
+
+#: KEYS: meta, log, online. ARGV: max length, fresh epoch, kind, user, body, ts.
+_LOG_EVENT = (
+    _APPEND
+    + """
+if ARGV[3] == 'join' then
+  redis.call('HSET', KEYS[3], ARGV[4], 1)
+end
+return append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+"""
+)
+
+#: KEYS: names, node's names. ARGV: node, candidates in order of preference.
+_RESERVE = """
+for i = 2, #ARGV do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1]) == 1 then
+    redis.call('SADD', KEYS[2], ARGV[i])
+    return ARGV[i]
+  end
+end
+return false
+"""
+
+#: KEYS: names, node's names. ARGV: node, names to hold again.
+_REGISTER = """
+local lost = {}
+for i = 2, #ARGV do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1]) == 1
+     or redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
+    redis.call('SADD', KEYS[2], ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+
+#: Logs the leave of a user who is online, then frees the name: one step.
+_LEAVE = """
+local function leave(meta, stream, online, names, maxlen, fresh, name, node, ts, log)
+  if log and redis.call('HDEL', online, name) == 1 then
+    append(meta, stream, maxlen, fresh, 'leave', name, '', ts)
+  end
+  if redis.call('HGET', names, name) == node then
+    redis.call('HDEL', names, name)
+  end
+end
+"""
+
+#: KEYS: meta, log, online, names, node's names.
+#: ARGV: max length, fresh epoch, name, node, ts, '1' to log a leave.
+_LOG_LEAVE = (
+    _APPEND
+    + _LEAVE
+    + """
+leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+      ARGV[5], ARGV[6] == '1')
+redis.call('SREM', KEYS[5], ARGV[3])
+return redis.call('HGET', KEYS[1], 'offset')
+"""
+)
+
+#: KEYS: meta, log, online, names, nodes. ARGV: max length, fresh epoch, ts,
+#: key prefix. Logs the leaves of the users of every dead node.
+_REAP = (
+    _APPEND
+    + _LEAVE
+    + """
+local reaped = 0
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  local node_key = ARGV[4] .. ':node:' .. node
+  if redis.call('EXISTS', node_key) == 0 then
+    local node_names = node_key .. ':names'
+    for _, name in ipairs(redis.call('SMEMBERS', node_names)) do
+      leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], name, node,
+            ARGV[3], true)
+      reaped = reaped + 1
+    end
+    redis.call('DEL', node_names)
+    redis.call('SREM', KEYS[5], node)
+  end
+end
+return reaped
+"""
+)
+
+
+class RedisLog:
+    """The log and the names of a room shared by every node on one Redis.
+
+    One reader thread per process reads the stream with a blocking XREAD
+    from the last entry it saw, and hands each batch to the subscriber. It
+    also refreshes this node's key, logs the leaves of dead nodes, and
+    reconnects with backoff when Redis goes away.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        assert config.redis_url is not None
+        self.url = config.redis_url
+        self._history_size = config.history_size
+        self._max_clients = config.max_clients
+        self._max_name_chars = config.max_username_chars
+        #: This process, among the nodes of the room.
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        prefix = config.redis_prefix
+        self._prefix = prefix
+        self._meta = f"{prefix}:meta"
+        self._stream = f"{prefix}:log"
+        self._online = f"{prefix}:online"
+        self._names = f"{prefix}:names"
+        self._nodes = f"{prefix}:nodes"
+        self._node_key = f"{prefix}:node:{self.node}"
+        self._node_names = f"{self._node_key}:names"
+
+        # Commands fail at once, without redis-py's retries: the reader
+        # thread does the reconnecting, and senders get a notice.
+        self._redis = _client(self.url, COMMAND_TIMEOUT)
+        # Its own connection: a blocking XREAD must not wait for the pool.
+        self._reader_redis = _client(
+            self.url, READ_BLOCK_MS / 1000 + COMMAND_TIMEOUT, pool_size=1
+        )
+        self._snapshot_script = self._redis.register_script(_SNAPSHOT)
+        self._log_event_script = self._redis.register_script(_LOG_EVENT)
+        self._reserve_script = self._redis.register_script(_RESERVE)
+        self._register_script = self._redis.register_script(_REGISTER)
+        self._leave_script = self._redis.register_script(_LOG_LEAVE)
+        self._reap_script = self._redis.register_script(_REAP)
+
+        #: Guards the fields below, written by the connection threads and
+        #: read by the reader thread.
+        self._lock = threading.Lock()
+        #: The names this node holds.
+        self._local_names: set[str] = set()
+        #: Leaves that could not be logged yet, in order: (name, log it?).
+        self._pending_leaves: list[tuple[str, bool]] = []
+        self._appended = 0
+        #: Set while Redis can be reached; else calls fail at once. Cleared
+        #: and set by the reader thread.
+        self._reachable = threading.Event()
+        self._reachable.set()
+
+        # Owned by the reader thread.
+        self._subscriber: Subscriber | None = None
+        self._epoch = ""
+        #: The offset of the last entry read.
+        self._cursor = 0
+        self._next_refresh = 0.0
+        #: Set by stop(); the reader waits on it between retries.
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="redis reader")
+
+    # The EventLog interface.
+
+    @property
+    def appended(self) -> int:
+        """The offset of the last event this node appended."""
+        with self._lock:
+            return self._appended
+
+    def start(self, subscriber: Subscriber) -> None:
+        """Read where the log stands, hand it to ``subscriber``, start reading.
+
+        Raises:
+            LogUnavailable: if Redis cannot be reached.
+        """
+        self._subscriber = subscriber
+        try:
+            self._refresh()
+            self._restart()
+        except redis.RedisError as exc:
+            raise LogUnavailable(
+                f"cannot reach Redis at {self._where()}: {exc}"
+            ) from exc
+        logger.info(
+            "room %r on Redis at %s, node %s", self._prefix, self._where(), self.node
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the reader; log what leaves are left; let the node go."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        with contextlib.suppress(redis.RedisError):
+            self._log_pending_leaves()
+            with self._lock:
+                holds_names = bool(self._local_names)
+            if not holds_names:
+                # Else the node key expires, and the survivors log the leaves.
+                self._redis.delete(self._node_key, self._node_names)
+                self._redis.srem(self._nodes, self.node)
+        self._redis.close()
+        self._reader_redis.close()
+
+    def reserve_name(self, requested: str) -> str:
+        """Reserve the first free variant of ``requested`` in the whole room."""
+        with self._lock:
+            if len(self._local_names) >= self._max_clients:
+                raise RoomFull(f"the server is full ({self._max_clients} clients)")
+        variants = name_variants(requested, self._max_name_chars)
+        while True:
+            # name_variants raises RoomFull once no variant fits.
+            candidates = list(itertools.islice(variants, NAME_CANDIDATES))
+            name = self._call(
+                self._reserve_script,
+                [self._names, self._node_names],
+                [self.node, *candidates],
+            )
+            if name is not None:
+                name = name.decode()
+                with self._lock:
+                    self._local_names.add(name)
+                return str(name)
+
+    def release_name(self, name: str) -> None:
+        """Free a name whose client never joined."""
+        self.leave(name, None)
+
+    def append(self, event: Event) -> int:
+        """Log ``event``; the reader delivers it when it reads it back."""
+        body = event.body.encode() if isinstance(event.body, str) else event.body
+        kind = _stored_kind(event)
+        offset = int(
+            self._call(
+                self._log_event_script,
+                [self._meta, self._stream, self._online],
+                [
+                    self._history_size,
+                    new_epoch(),
+                    kind,
+                    event.user,
+                    body,
+                    repr(event.ts),
+                ],
+            )
+        )
+        with self._lock:
+            self._appended = max(self._appended, offset)
+        return offset
+
+    def leave(self, name: str, event: Event | None) -> None:
+        """Log the leave and free the name, now or once Redis is back."""
+        if self._reachable.is_set():
+            try:
+                self._leave(name, event is not None)
+            except redis.RedisError:
+                pass
+            else:
+                return
+        with self._lock:
+            self._pending_leaves.append((name, event is not None))
+        logger.info("the leave of %s will be logged once Redis is back", name)
+
+    def read(self, after: int, upto: int, epoch: str) -> list[LoggedEvent]:
+        """The entries of ``(after, upto]`` still in the stream of ``epoch``."""
+        pipeline = self._redis.pipeline(transaction=True)
+        pipeline.hget(self._meta, "epoch")
+        pipeline.xrange(self._stream, f"{after + 1}-0", f"{upto}-0")
+        try:
+            current, entries = pipeline.execute()
+        except redis.RedisError as exc:
+            raise LogUnavailable(f"Redis: {exc}") from exc
+        if current is None or current.decode() != epoch:
+            return []
+        return [_logged(entry_id, fields) for entry_id, fields in entries]
+
+    # Calls from any thread.
+
+    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script``, or raise :class:`LogUnavailable`."""
+        if not self._reachable.is_set():
+            raise LogUnavailable("the chat is unavailable: Redis cannot be reached")
+        try:
+            return script(keys=keys, args=args)
+        except redis.RedisError as exc:
+            raise LogUnavailable(f"the chat is unavailable: {exc}") from exc
+
+    def _leave(self, name: str, log_it: bool) -> None:
+        """Log the leave of ``name`` if ``log_it`` and it is online; free it.
+
+        Raises:
+            redis.RedisError: if Redis cannot be reached.
+        """
+        self._leave_script(
+            keys=[
+                self._meta,
+                self._stream,
+                self._online,
+                self._names,
+                self._node_names,
+            ],
+            args=[
+                self._history_size,
+                new_epoch(),
+                name,
+                self.node,
+                repr(time.time()),
+                "1" if log_it else "0",
+            ],
+        )
+        with self._lock:
+            self._local_names.discard(name)
+
+    def _where(self) -> str:
+        """Where Redis is, without the URL's password, for messages."""
+        parsed = urllib.parse.urlsplit(self.url)
+        return f"{parsed.hostname}:{parsed.port or 6379}"
+
+    # The reader thread.
+
+    def _run(self) -> None:
+        delay = BACKOFF_FIRST_SECONDS
+        while not self._stopping.is_set():
+            try:
+                self._step()
+            except redis.RedisError as exc:
+                if self._reachable.is_set():
+                    logger.warning(
+                        "lost Redis at %s: %s; reconnecting", self._where(), exc
+                    )
+                    self._reachable.clear()
+                self._stopping.wait(delay)
+                delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+                continue
+            if not self._reachable.is_set():
+                logger.warning("Redis at %s is back", self._where())
+                self._reachable.set()
+                delay = BACKOFF_FIRST_SECONDS
+
+    def _step(self) -> None:
+        """Check the epoch after an outage, do the chores, read once."""
+        if not self._reachable.is_set():
+            self._ping_and_check_epoch()
+            self._log_pending_leaves()
+        if time.monotonic() >= self._next_refresh:
+            self._refresh()
+        reply: Any = self._reader_redis.xread(
+            {self._stream: f"{self._cursor}-0"}, count=READ_COUNT, block=READ_BLOCK_MS
+        )
+        if not reply:
+            self._ping_and_check_epoch()
+            return
+        entries = [_logged(entry_id, fields) for entry_id, fields in reply[0][1]]
+        self._cursor = entries[-1].offset
+        assert self._subscriber is not None
+        self._subscriber.deliver(entries)
+
+    def _ping_and_check_epoch(self) -> None:
+        """Start over if the log was lost: Redis restarted empty, or was flushed."""
+        epoch: Any = self._reader_redis.hget(self._meta, "epoch")
+        if epoch is None or epoch.decode() != self._epoch:
+            self._restart()
+            self._register_local_names()
+
+    def _restart(self) -> None:
+        """Read where the log stands and hand it to the subscriber."""
+        epoch, offset, online = self._snapshot_script(
+            keys=[self._meta, self._stream, self._online], args=[new_epoch()]
+        )
+        self._epoch = epoch.decode()
+        self._cursor = int(offset or 0)
+        snapshot = Snapshot(
+            self._epoch, self._cursor, frozenset(name.decode() for name in online)
+        )
+        assert self._subscriber is not None
+        self._subscriber.restart(snapshot)
+
+    def _register_local_names(self) -> None:
+        """Hold this node's names again, after Redis lost them."""
+        with self._lock:
+            names = sorted(self._local_names)
+        if not names:
+            return
+        lost = self._register_script(
+            keys=[self._names, self._node_names], args=[self.node, *names]
+        )
+        for name in lost:
+            logger.warning("the name %s is now held by another node", name.decode())
+
+    def _refresh(self) -> None:
+        """Keep this node alive in Redis, and log the leaves of dead nodes."""
+        pipeline = self._redis.pipeline(transaction=True)
+        pipeline.set(self._node_key, 1, px=int(NODE_TTL_SECONDS * 1000))
+        pipeline.sadd(self._nodes, self.node)
+        pipeline.execute()
+        reaped = self._reap_script(
+            keys=[self._meta, self._stream, self._online, self._names, self._nodes],
+            args=[self._history_size, new_epoch(), repr(time.time()), self._prefix],
+        )
+        if reaped:
+            logger.info("freed %d names of nodes that stopped answering", reaped)
+        self._next_refresh = time.monotonic() + REFRESH_SECONDS
+
+    def _log_pending_leaves(self) -> None:
+        """Log the leaves that waited for Redis, in order."""
+        with self._lock:
+            pending, self._pending_leaves = self._pending_leaves, []
+        for index, (name, log_it) in enumerate(pending):
+            try:
+                self._leave(name, log_it)
+            except redis.RedisError:
+                with self._lock:
+                    self._pending_leaves[:0] = pending[index:]
+                raise
+
+
+def _client(url: str, timeout: float, pool_size: int = POOL_SIZE) -> redis.Redis:
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=pool_size,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def _stored_kind(event: Event) -> str:
+    if event.kind is EventKind.DATA and isinstance(event.body, bytes):
+        return "binary"
+    return event.kind.value
+
+
+def _logged(entry_id: bytes, fields: dict[bytes, bytes]) -> LoggedEvent:
+    """An event as read from the stream."""
+    kind = fields[b"k"].decode()
+    raw = fields[b"b"]
+    body: str | bytes = raw if kind == "binary" else raw.decode()
+    event = Event(
+        EventKind.DATA if kind == "binary" else EventKind(kind),
+        fields[b"u"].decode(),
+        float(fields[b"t"]),
+        body,
+    )
+    return LoggedEvent(int(entry_id.split(b"-")[0]), event)
