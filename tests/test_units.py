@@ -291,7 +291,6 @@ def test_members_added_and_removed_with_counts() -> None:
     assert hub.members() == []
 
 
-
 # handshake.py
 
 
