@@ -227,8 +227,8 @@ def test_reserve_returns_a_free_name() -> None:
 
 def test_taken_name_gets_suffixes() -> None:
     """The second and third "alice" become ``alice_1`` and ``alice_2``."""
-    names = NameRegistry(max_clients=10, max_name_chars=10)
-    names = [names.reserve("alice") for _ in range(3)]
+    registry = NameRegistry(max_clients=10, max_name_chars=10)
+    names = [registry.reserve("alice") for _ in range(3)]
     assert names == ["alice", "alice_1", "alice_2"]
 
 
@@ -252,8 +252,8 @@ def test_server_name_is_reserved() -> None:
 
 def test_suffix_stays_within_max_chars() -> None:
     """A taken name at the limit is shortened to make room for its suffix."""
-    names = NameRegistry(max_clients=20, max_name_chars=5)
-    names = [names.reserve("alice") for _ in range(12)]
+    registry = NameRegistry(max_clients=20, max_name_chars=5)
+    names = [registry.reserve("alice") for _ in range(12)]
     assert names == [
         "alice",
         *(f"ali_{number}" for number in range(1, 10)),
