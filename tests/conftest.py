@@ -16,13 +16,21 @@ import simple_websocket
 from broadcast_sync.client import ChatClient
 from broadcast_sync.config import ServerConfig
 from broadcast_sync.server import BroadcastServer
+from tests.redisproc import RedisProcess
 
 #: Seconds; every timeout in the tests is a multiple of it. Raise it with
 #: BROADCAST_TEST_UNIT on a slow machine.
 UNIT = float(os.environ.get("BROADCAST_TEST_UNIT", "1"))
 
 #: Names of the server's threads, which must all be gone after a test.
-SERVER_THREAD_PREFIXES = ("reader ", "writer ", "dispatcher", "heartbeat", "acceptor")
+SERVER_THREAD_PREFIXES = (
+    "reader ",
+    "writer ",
+    "dispatcher",
+    "heartbeat",
+    "acceptor",
+    "redis reader",
+)
 
 
 @contextlib.contextmanager
@@ -42,6 +50,13 @@ def server() -> Iterator[BroadcastServer]:
     """A server with the default options."""
     with run_server() as running:
         yield running
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisProcess]:
+    """A real, empty redis-server of this test's own, always stopped after it."""
+    with RedisProcess(start_timeout=10 * UNIT, stop_timeout=5 * UNIT) as redis:
+        yield redis
 
 
 @pytest.fixture(autouse=True)
