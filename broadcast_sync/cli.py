@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
-from types import FrameType
 
 from broadcast_sync import __version__
 from broadcast_sync.client import run_client
 from broadcast_sync.config import Mode, ServerConfig
-from broadcast_sync.log import LogUnavailable
-from broadcast_sync.server import BroadcastServer
+from broadcast_sync.supervisor import READY_LINE, StartFailed, Supervisor, serve
 
 DEFAULT_PORT = 8080
 DEFAULTS = ServerConfig()
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: With workers, each line says which process wrote it.
+WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +96,16 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "keep the log and the names in Redis, redis://[:PASSWORD@]HOST:PORT/DB "
             "or rediss:// for TLS: every server using the same Redis and prefix "
             "is one room (default: the log is in memory, this server alone)"
+        ),
+    )
+    room.add_argument(
+        "--workers",
+        type=positive_int,
+        default=DEFAULTS.workers,
+        metavar="N",
+        help=(
+            "server processes sharing the port and, through --redis, the room: "
+            "one per core; a parent restarts any that dies (default: %(default)s)"
         ),
     )
     room.add_argument(
@@ -252,51 +261,37 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        mode=Mode(args.mode),
-        allowed_origins=tuple(args.allowed_origins),
-        history_size=args.history_size,
-        redis_url=args.redis_url,
-        redis_prefix=args.redis_prefix,
-        rate_limit=args.rate_limit,
-        rate_window=args.rate_window,
-        max_message_bytes=args.max_message_bytes,
-        max_message_chars=args.max_message_chars,
-        max_username_chars=args.max_username_chars,
-        queue_size=args.queue_size,
-        max_clients=args.max_clients,
-        ping_interval=args.ping_interval,
-        pong_timeout=args.pong_timeout,
-        write_timeout=args.write_timeout,
-        batch_window=args.batch_window,
-        handshake_timeout=args.handshake_timeout,
-        close_timeout=args.close_timeout,
-    )
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop_requested.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    level = args.log_level.upper()
+    config = _server_config(args)
+    if config.workers > 1 and config.redis_url is None:
+        build_parser().error(
+            "--workers needs --redis: the workers share the room there"
+        )
     try:
-        server = BroadcastServer(config)
-    except OSError as exc:
-        where = f"{args.host}:{args.port}"
-        print(f"broadcast-server: cannot listen on {where}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        server.start()
-    except LogUnavailable as exc:
+        if config.workers == 1:
+            logging.basicConfig(level=level, format=LOG_FORMAT)
+            serve(config, _print_ready)
+            return 0
+        logging.basicConfig(level=level, format=WORKER_LOG_FORMAT)
+        return Supervisor(config, level, WORKER_LOG_FORMAT).run(_print_ready)
+    except StartFailed as exc:
         print(f"broadcast-server: {exc}", file=sys.stderr)
         return 1
-    print(f"Server started on port {server.port}", flush=True)
-    stop_requested.wait()
-    server.stop()
-    return 0
+
+
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    """The server's settings from the options of ``start``, named as its fields."""
+    values = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(ServerConfig)
+    }
+    values["mode"] = Mode(args.mode)
+    values["allowed_origins"] = tuple(args.allowed_origins)
+    return ServerConfig(**values)
+
+
+def _print_ready(port: int) -> None:
+    print(READY_LINE.format(port=port), flush=True)
 
 
 def _connect(args: argparse.Namespace) -> int:

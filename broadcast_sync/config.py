@@ -31,6 +31,9 @@ class ServerConfig:
     redis_url: str | None = None
     # One prefix, one room: rooms sharing a Redis never see each other.
     redis_prefix: str = "broadcast-sync"
+    # Server processes on one port (SO_REUSEPORT), one room through Redis:
+    # one process runs Python on one core at a time.
+    workers: int = 1
 
     # Origins
     # Empty: browsers must be same-origin; "*" in the tuple allows any origin.

@@ -103,6 +103,12 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         )
         super().__init__((config.host, config.port), ConnectionHandler)
 
+    def server_bind(self) -> None:
+        """Bind, sharing the port with the other workers if there are any."""
+        if self.config.workers > 1:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
     @property
     def port(self) -> int:
         """The port the server listens on (useful when asked for port 0)."""

@@ -37,6 +37,7 @@ START_OPTIONS = (
     "--history-size",
     "--redis",
     "--redis-prefix",
+    "--workers",
     "--rate-limit",
     "--rate-window",
     "--max-message-bytes",
