@@ -188,38 +188,35 @@ class Supervisor:
 
     def _supervise(self) -> None:
         """Restart workers that die, until asked to stop."""
-        restarts: dict[int, float] = {}  # slot number -> when to restart
+        restarts: dict[int, float] = {}  # slot number -> when to restart it
         while not self._stopping:
-            now = time.monotonic()
-            timeout = min([t - now for t in restarts.values()], default=None)
-            sentinels = [
-                w.process.sentinel for w in self._workers if w.process.is_alive()
-            ]
-            multiprocessing.connection.wait(
-                [*sentinels, self._wake_read],
-                None if timeout is None else max(timeout, 0),
-            )
-            if self._stopping:
-                return
+            # Look before waiting: a worker may have died since the last wait.
             now = time.monotonic()
             for worker in self._workers:
-                if worker.number in restarts or worker.process.is_alive():
-                    continue
-                ran = now - worker.started
-                if ran >= RESTART_RESET_SECONDS:
-                    worker.backoff = RESTART_FIRST_SECONDS
-                logger.warning(
-                    "worker %d (pid %d) %s; restarting in %g s",
-                    worker.number,
-                    worker.process.pid,
-                    _describe_exit(worker.process.exitcode),
-                    worker.backoff,
-                )
-                restarts[worker.number] = now + worker.backoff
+                if worker.number not in restarts and not worker.process.is_alive():
+                    restarts[worker.number] = now + self._mourn(worker, now)
             for number, when in list(restarts.items()):
                 if when <= now:
                     del restarts[number]
                     self._restart(number)
+            alive = [
+                w.process.sentinel for w in self._workers if w.number not in restarts
+            ]
+            timeout = min([when - now for when in restarts.values()], default=None)
+            multiprocessing.connection.wait([*alive, self._wake_read], timeout)
+
+    def _mourn(self, worker: _Worker, now: float) -> float:
+        """Log a worker's death; return the delay before its restart."""
+        if now - worker.started >= RESTART_RESET_SECONDS:
+            worker.backoff = RESTART_FIRST_SECONDS
+        logger.warning(
+            "worker %d (pid %d) %s; restarting in %g s",
+            worker.number,
+            worker.process.pid,
+            _describe_exit(worker.process.exitcode),
+            worker.backoff,
+        )
+        return worker.backoff
 
     def _restart(self, number: int) -> None:
         index = number - 1
