@@ -8,7 +8,9 @@ order, from exactly where it came in.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import logging
 import queue
 import threading
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from broadcast_sync import frames, messages
 from broadcast_sync.events import EventId, EventKind, LoggedEvent
 from broadcast_sync.hub import Hub, Member
-from broadcast_sync.log import EventLog, LogUnavailable, Snapshot
+from broadcast_sync.log import Snapshot
 from broadcast_sync.messages import Format
 
 logger = logging.getLogger(__name__)
@@ -110,9 +112,10 @@ class Dispatcher:
     once per format in use.
     """
 
-    def __init__(self, hub: Hub[Member], log: EventLog, *, batch_window: float) -> None:
+    def __init__(
+        self, hub: Hub[Member], *, history_size: int, batch_window: float
+    ) -> None:
         self._hub = hub
-        self._log = log
         self._batch_window = batch_window
         self._inbox: queue.Queue[_Item] = queue.Queue(INBOX_SIZE)
         #: Set when the thread has stopped: puts would never be taken.
@@ -125,6 +128,12 @@ class Dispatcher:
         self._offset = 0
         #: Who is in the room (on every server), as of ``_offset``.
         self._online: set[str] = set()
+        #: The newest events delivered, for history and resume: kept here,
+        #: not read from the log, because only here is "the events up to
+        #: the last one delivered" known without a race.
+        self._history: collections.deque[LoggedEvent] = collections.deque(
+            maxlen=history_size
+        )
         #: Removals and the stop waiting for the events before them.
         self._waiting: list[_Remove] = []
         self._stopping: _Stop | None = None
@@ -250,6 +259,7 @@ class Dispatcher:
                 else:
                     self._restart(item.snapshot)
             self._remove_due(flush)
+        self._remove_due(flush)  # also when nothing came: deadlines pass
         self._send(flush)
         if self._stopping is not None and self._due(self._stopping):
             self._close_all()
@@ -274,7 +284,9 @@ class Dispatcher:
                     self._offset + 1,
                     logged.offset - 1,
                 )
+                self._history.clear()  # a history with a hole cannot be replayed
             self._offset = logged.offset
+            self._history.append(logged)
             event = logged.event
             if event.kind is EventKind.JOIN:
                 self._online.add(event.user)
@@ -286,7 +298,7 @@ class Dispatcher:
 
     def _add(self, item: _Add, flush: _Flush) -> None:
         member = item.member
-        history, resumed = self._history(item)
+        history, resumed = self._replay(item)
         head = []
         if member.format is Format.JSON:
             last_id = EventId(self._epoch, self._offset) if self._offset else None
@@ -298,7 +310,7 @@ class Dispatcher:
             member.send(b"".join(head))
         flush.added[member] = len(flush.events)
 
-    def _history(self, item: _Add) -> tuple[list[LoggedEvent], bool | None]:
+    def _replay(self, item: _Add) -> tuple[list[LoggedEvent], bool | None]:
         """The events ``item`` asks for, and whether it resumed (if it asked)."""
         since = item.since
         if since is None:
@@ -311,13 +323,11 @@ class Dispatcher:
         return events, True
 
     def _read(self, after: int) -> list[LoggedEvent]:
-        if after >= self._offset:
+        """The events after offset ``after`` still in the history."""
+        if not self._history:
             return []
-        try:
-            return self._log.read(after, self._offset, self._epoch)
-        except LogUnavailable as exc:
-            logger.warning("cannot read the history: %s", exc)
-            return []
+        start = max(after + 1 - self._history[0].offset, 0)
+        return list(itertools.islice(self._history, start, None))
 
     def _remove_due(self, flush: _Flush) -> None:
         """Remove the members whose last events were delivered, or can wait
@@ -358,6 +368,8 @@ class Dispatcher:
         self._epoch = snapshot.epoch
         self._offset = snapshot.offset
         self._online = set(snapshot.online)
+        self._history.clear()
+        self._history.extend(snapshot.history)
         # Their last events belong to the lost log: nothing is left to wait for.
         self._remove_all_waiting()
 

@@ -1,9 +1,10 @@
 """The room's log: one interface, and the in-memory log of a lone server.
 
 Every broadcast is appended to the log, which gives it its offset; each
-server reads the log in order and fans it out to its own clients. The names
-in use belong to the log too: a leave must be logged and its name freed as
-one step, or a node that dies between the two would leave the room wrong.
+server reads the log in order and fans it out to its own clients, and keeps
+the newest events for history and resume. The names in use belong to the log
+too: a leave must be logged and its name freed as one step, or a node that
+dies between the two would leave the room wrong.
 
 :class:`MemoryLog` is the whole room when the server runs alone. The Redis
 log (``redislog.py``) spreads one room over many processes and hosts.
@@ -11,9 +12,7 @@ log (``redislog.py``) spreads one room over many processes and hosts.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import itertools
 import threading
 from collections.abc import Sequence
 from typing import Protocol
@@ -35,6 +34,8 @@ class Snapshot:
     offset: int
     #: Who is in the room at that offset.
     online: frozenset[str]
+    #: The newest events the log holds, up to ``offset``, oldest first.
+    history: Sequence[LoggedEvent] = ()
 
 
 class Subscriber(Protocol):
@@ -89,46 +90,27 @@ class EventLog(Protocol):
         the name stays taken, until it can.
         """
 
-    def read(self, after: int, upto: int, epoch: str) -> list[LoggedEvent]:
-        """The events from offset ``after`` (excluded) to ``upto`` that the
-        log of ``epoch`` still holds, in order; none if the log has another
-        epoch now.
-
-        Offsets have no gaps, so the result is whole when it holds
-        ``upto - after`` events.
-
-        Raises:
-            LogUnavailable: if the log cannot be reached.
-        """
-
 
 class MemoryLog:
-    """The log of a server that is the whole room: a ring in memory.
+    """The log of a server that is the whole room, in memory.
 
-    Strategy: an append hands the event to the subscriber while it holds
-    ``_append_lock``, so the subscriber gets events in offset order. Readers
-    of the ring take only ``_ring_lock``, so the dispatcher can read history
-    while an appender waits for room in its inbox.
+    An append hands the event to the subscriber while it holds
+    ``_append_lock``, so the subscriber gets the events in offset order. The
+    subscriber keeps the history: the log is only the order and the names.
     """
 
-    def __init__(self, history_size: int, max_clients: int, max_name_chars: int):
+    def __init__(self, max_clients: int, max_name_chars: int) -> None:
         self.epoch = new_epoch()
         self._names = NameRegistry(max_clients, max_name_chars)
         self._subscriber: Subscriber | None = None
-        #: Held from giving an event its offset until the subscriber has it.
-        #: Taken before ``_ring_lock``.
+        #: Guards ``_offset``, and is held until the subscriber has the event.
         self._append_lock = threading.Lock()
-        #: Guards ``_ring`` and ``_offset``.
-        self._ring_lock = threading.Lock()
-        self._ring: collections.deque[LoggedEvent] = collections.deque(
-            maxlen=history_size
-        )
         self._offset = 0
 
     @property
     def appended(self) -> int:
         """The newest offset: every event was appended here."""
-        with self._ring_lock:
+        with self._append_lock:
             return self._offset
 
     def start(self, subscriber: Subscriber) -> None:
@@ -148,15 +130,12 @@ class MemoryLog:
         self._names.release(name)
 
     def append(self, event: Event) -> int:
-        """Append ``event`` to the ring and hand it to the subscriber."""
+        """Give ``event`` the next offset and hand it to the subscriber."""
         with self._append_lock:
-            with self._ring_lock:
-                self._offset += 1
-                logged = LoggedEvent(self._offset, event)
-                self._ring.append(logged)
+            self._offset += 1
             if self._subscriber is not None:
-                self._subscriber.deliver([logged])
-            return logged.offset
+                self._subscriber.deliver([LoggedEvent(self._offset, event)])
+            return self._offset
 
     def leave(self, name: str, event: Event | None) -> None:
         """Append the leave event, then free the name."""
@@ -164,13 +143,3 @@ class MemoryLog:
             assert event.kind is EventKind.LEAVE
             self.append(event)
         self._names.release(name)
-
-    def read(self, after: int, upto: int, epoch: str) -> list[LoggedEvent]:
-        """The events of ``(after, upto]`` still in the ring."""
-        with self._ring_lock:
-            if not self._ring or epoch != self.epoch:
-                return []
-            first = self._ring[0].offset
-            start = max(after + 1 - first, 0)
-            end = max(upto + 1 - first, 0)
-            return list(itertools.islice(self._ring, start, end))

@@ -62,9 +62,7 @@ def format_address(address: tuple[str, int]) -> str:
 def make_log(config: ServerConfig) -> EventLog:
     """The log that ``config`` asks for: in Redis, or in memory."""
     if config.redis_url is None:
-        return MemoryLog(
-            config.history_size, config.max_clients, config.max_username_chars
-        )
+        return MemoryLog(config.max_clients, config.max_username_chars)
     from broadcast_sync.redislog import RedisLog  # noqa: PLC0415 (needs redis)
 
     return RedisLog(config)
@@ -87,7 +85,9 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         self.log = make_log(config)
         self.hub: Hub[Member] = Hub()
         self.dispatcher = Dispatcher(
-            self.hub, self.log, batch_window=config.batch_window
+            self.hub,
+            history_size=config.history_size,
+            batch_window=config.batch_window,
         )
         self.heartbeat = Heartbeat(self.hub, config)
         #: Guards ``_connections`` and ``_exited``.
