@@ -1,7 +1,11 @@
 """The terminal client: ``broadcast-server connect``.
 
-The main thread reads lines and sends them; a receiver thread prints what
-arrives. simple-websocket runs its own thread that reads the socket.
+The main thread reads the user's lines and hands them to the chat link
+(``chatlink.py``), whose thread connects, reconnects, sends them and prints
+what arrives. Ctrl+C stops whichever of the two is waiting.
+
+Also here: :class:`ChatClient`, a simple-websocket client that the tests and
+tools use to talk to the server.
 """
 
 from __future__ import annotations
@@ -11,12 +15,10 @@ import signal
 import socket
 import sys
 import threading
-import urllib.parse
 from collections.abc import Iterator
 from types import FrameType
 
 import simple_websocket
-from simple_websocket.errors import SimpleWebsocketError
 from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
@@ -28,26 +30,17 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
+from broadcast_sync.chatlink import CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, ChatLink
+from broadcast_sync.clientconn import HandshakeRejected
 from broadcast_sync.terminal import PROMPT, Console
 from broadcast_sync.validation import escape_controls
 
-#: How long the server may take to answer the handshake.
-HANDSHAKE_TIMEOUT = 10.0
-#: How long the server may take to answer our close frame.
-CLOSE_TIMEOUT = 5.0
-
-
-class HandshakeRejected(Exception):
-    """The server refused the connection with an HTTP status."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{status} {reason}".strip())
-        self.status = status
-        self.reason = reason
+__all__ = ["ChatClient", "HandshakeRejected", "run_client"]
 
 
 class ChatClient(simple_websocket.Client):  # type: ignore[misc]
-    """simple-websocket's client, with a few changes.
+    """simple-websocket's client, with a few changes; the tests and tools
+    use it (the terminal client has its own connection, ``clientconn.py``).
 
     A refused handshake raises :class:`HandshakeRejected` with the server's
     reason; frames that arrive with the handshake's response are not left
@@ -118,61 +111,64 @@ class ChatClient(simple_websocket.Client):  # type: ignore[misc]
         self.sock.close()
 
 
-def chat_url(host: str, port: int, username: str) -> str:
-    """The server's WebSocket URL for ``username``."""
-    if ":" in host:  # an IPv6 address
-        host = f"[{host}]"
-    query = urllib.parse.urlencode({"username": username})
-    return f"ws://{host}:{port}/ws?{query}"
-
-
-class _Session:
-    """What the two threads of the client share.
-
-    ``leaving`` is set by the main thread before it closes; ``lost`` by the
-    receiver when the server closed first. Both are written once.
-    """
-
-    def __init__(self, ws: ChatClient, console: Console) -> None:
-        self.ws = ws
-        self.console = console
-        self.leaving = False
-        self.lost: str | None = None
-
-
 def run_client(host: str, port: int, username: str) -> int:
-    """Chat until end of input, Ctrl+C, or the server closes; return the exit status."""
+    """Chat until end of input or Ctrl+C, or until the link gives up;
+    return the exit status."""
     where = escape_controls(f"{host}:{port} as {username}")
     print(f"Connecting to {where}...", flush=True)
-    try:
-        ws = ChatClient.connect(chat_url(host, port, username))
-    except HandshakeRejected as exc:
-        return _fail(f"the server refused the connection: {exc}")
-    except (OSError, SimpleWebsocketError) as exc:
-        return _fail(f"cannot connect to {host}:{port}: {_describe(exc)}")
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    session = _Session(ws, Console(sys.stdout, interactive))
-    receiver = threading.Thread(target=_receive_loop, args=(session,), name="receiver")
+    main_thread = threading.get_ident()
+    # True while the main thread may be blocked in its input, which only a
+    # signal interrupts. Written by the main thread, read by the link's.
+    reading = True
+
+    def wake_main() -> None:
+        if reading:
+            signal.pthread_kill(main_thread, signal.SIGINT)
+
+    link = ChatLink(
+        host, port, username, Console(sys.stdout, interactive), on_end=wake_main
+    )
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        # Ctrl+C, or the receiver waking us: from leaving on, closing goes on.
-        if not session.leaving:
+        # Ctrl+C, or the link waking us. Raise once, to stop reading; after
+        # that, the link is asked to stop (a no-op once it has).
+        nonlocal reading
+        if reading:
+            reading = False
             raise KeyboardInterrupt
+        link.interrupt()
 
+    # SIGINT is held until the link's thread runs: a Ctrl+C must find it
+    # started, to stop it; and the thread inherits the mask, so the signal
+    # goes to the main thread, whose handler it is.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     previous_handler = signal.signal(signal.SIGINT, interrupt)
+    prompted = False
     try:
-        receiver.start()
-        _send_lines(session, _input_lines(interactive))
-    except KeyboardInterrupt:
-        if interactive:
-            print()
-    session.leaving = True
-    ws.close()
-    receiver.join()
-    signal.signal(signal.SIGINT, previous_handler)
-    if session.lost is not None:
-        return _fail(session.lost)
-    return 0
+        try:
+            link.start()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            if link.wait_started():
+                prompted = interactive
+                for line in _input_lines(interactive):
+                    if line.strip():
+                        link.send(line)
+                link.finish()
+            reading = False
+        except KeyboardInterrupt:
+            if prompted:
+                print()  # below the prompt
+            link.interrupt()
+        outcome = link.join()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, previous_handler)
+    if outcome.error is not None:
+        _warn(outcome.error)
+    for line in outcome.unsent:
+        _warn(f"not sent: {line}")
+    return outcome.status
 
 
 def _input_lines(interactive: bool) -> Iterator[str]:
@@ -190,43 +186,5 @@ def _input_lines(interactive: bool) -> Iterator[str]:
             return
 
 
-def _send_lines(session: _Session, lines: Iterator[str]) -> None:
-    for line in lines:
-        if line.strip():
-            try:
-                session.ws.send(line)
-            except (simple_websocket.ConnectionClosed, OSError):
-                return  # the receiver reports why
-
-
-def _receive_loop(session: _Session) -> None:
-    try:
-        while True:
-            message = session.ws.receive()
-            if isinstance(message, bytes):
-                message = f"(binary message, {len(message)} bytes)"
-            session.console.show(message)
-    except simple_websocket.ConnectionClosed as exc:
-        if not session.leaving:
-            session.lost = _close_description(exc)
-            # Wake the main thread from its blocking read of the input.
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-
-
-def _close_description(exc: simple_websocket.ConnectionClosed) -> str:
-    code = int(exc.reason)
-    if code in (CloseReason.NO_STATUS_RCVD, CloseReason.ABNORMAL_CLOSURE):
-        return "the server closed the connection"
-    message = f": {exc.message}" if exc.message else ""
-    return f"the server closed the connection ({code}{message})"
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc) or type(exc).__name__
-
-
-def _fail(message: str) -> int:
-    print(f"broadcast-server: {message}", file=sys.stderr)
-    return 1
+def _warn(message: str) -> None:
+    print(f"broadcast-server: {escape_controls(message)}", file=sys.stderr)

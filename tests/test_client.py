@@ -2,7 +2,9 @@
 
 Each test starts the real command against a real server (or a raw TCP
 server playing a hostile one), feeds it input through a pipe or a
-pseudo-terminal, and watches the chat from another client.
+pseudo-terminal, and watches the chat from another client. Servers are
+stopped, killed, frozen and started again on the same port to test
+reconnection. The client's pure logic (``clientproto``) is tested directly.
 """
 
 from __future__ import annotations
@@ -30,9 +32,23 @@ from typing import IO, Any
 
 import pytest
 
+from broadcast_sync.chatlink import NOT_RESUMED, RESUMED
+from broadcast_sync.clientproto import (
+    Keepalive,
+    Line,
+    ReconnectPolicy,
+    Welcome,
+    chat_target,
+    is_client_fault,
+    is_transient,
+    parse_welcome,
+    render,
+    text_line,
+)
 from broadcast_sync.config import Mode, ServerConfig
 from broadcast_sync.server import BroadcastServer
 from tests.conftest import UNIT, connect, join, receive, run_server
+from tests.serverproc import ServerProcess
 
 #: Where ``python -m broadcast_sync`` finds the package.
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +66,9 @@ TTY_LAUNCHER = (
 
 #: Numbers of select() and pselect6() on x86-64, and of pselect6() on arm64.
 SELECT_SYSCALLS = {"23", "270", "72"}
+
+#: Numbers of futex() on x86-64 and arm64: where a thread waits for a lock.
+FUTEX_SYSCALLS = {"202", "98"}
 
 #: A message printed above the input line: save the cursor, open a line
 #: above, print, restore the cursor.
@@ -317,6 +336,83 @@ def terminal_client(port: int, username: str = "tty") -> Iterator[TerminalClient
         client.kill()
 
 
+#: Runs the client with some of the chat link's constants changed by the
+#: Python statements in argv[1] (a shorter reconnection policy, say), then
+#: the command line that follows.
+TUNED_LAUNCHER = (
+    "import sys\n"
+    "from broadcast_sync import chatlink, cli\n"
+    "exec(sys.argv[1], vars(chatlink))\n"
+    "cli.main(sys.argv[2:])\n"
+)
+
+
+@contextlib.contextmanager
+def tuned_client(
+    port: int, settings: str, username: str = "bot"
+) -> Iterator[PipedClient]:
+    """A piped client whose chat link runs with ``settings``, assignments to
+    its constants; always killed afterwards."""
+    args = ["-c", TUNED_LAUNCHER, settings, *client_args(port, username)[2:]]
+    client = PipedClient(args, client_env())
+    try:
+        yield client
+    finally:
+        client.kill()
+
+
+def read_until(client: PipedClient, last: str) -> list[str]:
+    """Read the client's lines up to ``last``; the lines before it."""
+    lines = []
+    while (line := client.read_line()) != last:
+        lines.append(line)
+    return lines
+
+
+def remaining_lines(client: PipedClient) -> list[str]:
+    """The lines the client printed that the test has not read (once the
+    client is killed and its pumps are done)."""
+    lines = []
+    while line := client.stdout.get_nowait():
+        lines.append(line.decode().rstrip("\n"))
+    return lines
+
+
+def wait_until_joining(pid: int) -> None:
+    """Wait until the client's main thread waits for a lock: done with its
+    input, it waits for the chat link to end.
+
+    Nothing the client prints tells when it has read the end of its input,
+    so poll what the kernel shows (as TerminalClient.wait_until_reading).
+    """
+    syscall = Path(f"/proc/{pid}/task/{pid}/syscall")
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while syscall.read_text().split()[0] not in FUTEX_SYSCALLS:
+        assert time.monotonic() < deadline, "the client never finished its input"
+        time.sleep(0.001)
+
+
+def wait_for_log(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    """Wait until the server has logged a line containing ``text``."""
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while not any(text in record.getMessage() for record in caplog.records):
+        assert time.monotonic() < deadline, f"never logged: {text}"
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def server_on(port: int, **options: Any) -> Iterator[BroadcastServer]:
+    """A server on 127.0.0.1:``port`` (0: a free one), which a test may stop
+    and start again on the same port; always stopped."""
+    server = BroadcastServer(ServerConfig(host="127.0.0.1", port=port, **options))
+    server.start()
+    try:
+        yield server
+    finally:
+        if not server.stopping:
+            server.stop()
+
+
 @contextlib.contextmanager
 def closed_port() -> Iterator[int]:
     """A port on 127.0.0.1 that is bound, so not reused, but not listening."""
@@ -331,12 +427,17 @@ class HostileServer:
 
     By default the payload goes out once the client has sent a message, so
     that it surely comes after the handshake; with ``with_response`` it
-    goes in the same write as the 101 response. With ``closes_first`` a
-    close frame 1001 follows the payload in the same write.
+    goes in the same write as the 101 response. With ``closes_first``, a
+    close frame with that code and reason follows the payload in the same
+    write.
     """
 
     def __init__(
-        self, payload: bytes, *, with_response: bool = False, closes_first: bool = False
+        self,
+        payload: bytes,
+        *,
+        with_response: bool = False,
+        closes_first: tuple[int, bytes] | None = None,
     ) -> None:
         self._payload = payload
         self._with_response = with_response
@@ -384,14 +485,14 @@ class HostileServer:
             sock.sendall(response)
             self.received.append(read_client_frame(sock))
             response = b""
-        if self._closes_first:
-            frame += close_frame(1001, b"going away")
+        if self._closes_first is not None:
+            frame += close_frame(*self._closes_first)
         sock.sendall(response + frame)
         opcode = 0
         while opcode != 0x8:
             opcode, payload = read_client_frame(sock)
             self.received.append((opcode, payload))
-        if not self._closes_first:
+        if self._closes_first is None:
             sock.sendall(close_frame(1000))
 
 
@@ -696,9 +797,9 @@ def test_message_sent_with_the_handshake_response_is_shown() -> None:
 
 
 def test_close_sent_with_the_handshake_response() -> None:
-    """A message and a close frame in the same packet as the 101 response:
+    """A message and a close frame (1008) in the packet of the 101 response:
     the message is printed, then the close reported, with no traceback."""
-    hostile = HostileServer(b"bye", with_response=True, closes_first=True)
+    hostile = HostileServer(b"bye", with_response=True, closes_first=(1008, b"slow"))
     with hostile, piped_client(hostile.port) as client:
         assert client.read_line().startswith("Connecting to ")
         assert client.wait() == 1
@@ -706,7 +807,7 @@ def test_close_sent_with_the_handshake_response() -> None:
         assert "Traceback" not in errors, errors
         assert client.read_line() == "bye"
         assert errors == (
-            "broadcast-server: the server closed the connection (1001: going away)\n"
+            "broadcast-server: the server closed the connection (1008: slow)\n"
         )
 
 
@@ -760,31 +861,33 @@ def test_interrupt_while_connecting() -> None:
     assert status in (1, 130), errors
 
 
-def test_server_going_away() -> None:
-    """When the server shuts down, the client says so (1001) and exits 1."""
-    server = BroadcastServer(ServerConfig(host="127.0.0.1", port=0))
-    server.start()
-    try:
-        watcher = join(server, "watcher")
-        with piped_client(server.port) as client:
-            assert receive(watcher) == "Server: bot has joined the chat"
-            server.stop()
-            assert client.wait() == 1
-            errors = client.error_output()
-            lines = errors.splitlines()
-            assert len(lines) == 1, errors
-            assert lines[0].startswith("broadcast-server: "), lines
-            assert "closed the connection (1001" in lines[0]
-            assert "Traceback" not in errors
-    finally:
-        if not server.stopping:
-            server.stop()
+def test_server_going_away_is_a_lost_connection() -> None:
+    """A server shutting down (1001) is a lost connection: the client says so,
+    reconnects to the new server (a new log: messages may be missing)."""
+    with server_on(0) as first:
+        port = first.port
+        with piped_client(port) as client:
+            assert client.read_line().startswith("Connecting to ")
+            assert client.read_line() == "Server: bot has joined the chat"
+            first.stop()
+            assert client.read_line() == (
+                "connection lost (1001: server shutting down); reconnecting"
+            )
+            with server_on(port):
+                assert client.read_line() == NOT_RESUMED
+                assert client.read_line() == "Server: bot has joined the chat"
+                client.send_line("back")
+                assert client.read_line() == "bot: back"
+                client.end_input()
+                assert client.wait() == 0
+            assert client.error_output() == ""
 
 
-def test_server_closing_first_gets_an_answer() -> None:
-    """When the server closes first, the client says why, exits 1, and
-    answers with a close frame, as RFC 6455 (section 5.5.1) requires."""
-    hostile = HostileServer(b"bye", closes_first=True)
+@pytest.mark.parametrize("code", [1008, 1009])
+def test_server_closing_first_gets_an_answer(code: int) -> None:
+    """A close first from the server (1008, 1009: the client's fault) is
+    answered (RFC 6455, 5.5.1) and reported: exit 1, no reconnection."""
+    hostile = HostileServer(b"bye", closes_first=(code, b"your fault"))
     with hostile, piped_client(hostile.port) as client:
         client.send_line("go")
         assert client.read_line().startswith("Connecting to ")
@@ -792,9 +895,483 @@ def test_server_closing_first_gets_an_answer() -> None:
         assert client.wait() == 1
         errors = client.error_output()
         assert errors == (
-            "broadcast-server: the server closed the connection (1001: going away)\n"
+            f"broadcast-server: the server closed the connection ({code}: your fault)\n"
         )
+        client.kill()
+        assert remaining_lines(client) == []
     assert hostile.received[0] == (0x1, b"go")
-    assert hostile.received[1:] == [(0x8, (1001).to_bytes(2, "big"))], (
+    assert hostile.received[1:] == [(0x8, code.to_bytes(2, "big"))], (
         "the client did not answer the server's close frame"
     )
+
+
+# The JSON protocol, rendered as text lines (no sockets)
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        (
+            '{"type":"message","id":"e.7","ts":1.5,"user":"alice","text":"hi"}',
+            Line("alice: hi", "e.7"),
+        ),
+        (
+            '{"type":"join","id":"e.8","ts":1.5,"user":"bob"}',
+            Line("Server: bob has joined the chat", "e.8"),
+        ),
+        (
+            '{"type":"leave","id":"e.9","ts":1.5,"user":"bob"}',
+            Line("Server: bob has left the chat", "e.9"),
+        ),
+        ('{"type":"notice","text":"rate limit"}', Line("Server: rate limit")),
+        (
+            '{"type":"message","id":"e.1","user":"a","text":"\\u001b[2J"}',
+            Line("a: \x1b[2J", "e.1"),
+        ),
+    ],
+    ids=["message", "join", "leave", "notice", "control-character"],
+)
+def test_render_gives_the_text_protocols_lines(frame: str, expected: Line) -> None:
+    """Each JSON event becomes the line the text protocol sends, with its id
+    (control characters are left to the console, which escapes them)."""
+    assert render(frame) == expected
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "alice: hi",
+        '{"type":"welcome"',
+        "[1, 2]",
+        '{"type":"cursor","x":1}',
+        '{"type":"message","id":"e.1","user":"alice"}',
+        '{"type":"join","id":7,"user":"bob"}',
+        '{"type":"notice"}',
+        "[" * 100_000,
+    ],
+    ids=[
+        "text",
+        "broken-json",
+        "array",
+        "unknown-type",
+        "no-text",
+        "id-not-a-string",
+        "notice-no-text",
+        "deep-nesting",
+    ],
+)
+def test_render_shows_other_frames_as_they_came(frame: str) -> None:
+    """A frame that is not an event the client knows is shown as it came:
+    no error, nothing hidden, no id to resume from."""
+    assert render(frame) == Line(frame)
+
+
+def test_binary_frames_are_described() -> None:
+    """A binary frame is shown as its size, in either protocol."""
+    assert render(b"\x00\x01") == Line("(binary message, 2 bytes)")
+    assert text_line(b"\x00\x01") == Line("(binary message, 2 bytes)")
+    assert text_line('{"type":"join"}') == Line('{"type":"join"}')
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        (
+            '{"type":"welcome","user":"bob_1","users":["bob_1"],"last_id":null}',
+            Welcome("bob_1", None, None),
+        ),
+        (
+            '{"type":"welcome","user":"bob","users":[],"last_id":"e.4","resumed":true}',
+            Welcome("bob", "e.4", True),
+        ),
+        ('{"type":"welcome","user":"bob","last_id":"e.4","resumed":"yes"}', None),
+        ('{"type":"welcome","user":5,"last_id":null}', None),
+        ('{"type":"welcome","user":"bob","last_id":4}', None),
+        ('{"type":"join","id":"e.1","user":"bob"}', None),
+        ("Server: bob has joined the chat", None),
+        (b"\x00", None),
+    ],
+    ids=[
+        "welcome",
+        "resumed",
+        "resumed-not-bool",
+        "user-not-string",
+        "last-id-not-string",
+        "join",
+        "text",
+        "binary",
+    ],
+)
+def test_parse_welcome(frame: str | bytes, expected: Welcome | None) -> None:
+    """Only a well-formed welcome says that the server speaks JSON."""
+    assert parse_welcome(frame) == expected
+
+
+def test_chat_target() -> None:
+    """The request target asks for JSON and resumes when it can; ``since``
+    needs JSON; the username is escaped."""
+    assert chat_target("bob", json_format=True, since=None) == (
+        "/ws?username=bob&format=json"
+    )
+    assert chat_target("b&b", json_format=True, since="e.4") == (
+        "/ws?username=b%26b&format=json&since=e.4"
+    )
+    assert chat_target("bob", json_format=False, since="e.4") == "/ws?username=bob"
+
+
+def test_backoff_grows_with_jitter_from_half_a_second_to_ten() -> None:
+    """Waits start at 0.5 s, roughly double, never pass 10 s, and spread
+    over the upper half of their window."""
+    policy = ReconnectPolicy()
+    assert policy.delay(0, 0.0) == policy.delay(0, 1.0) == 0.5
+    assert [policy.delay(n, 1.0) for n in range(7)] == [
+        0.5,
+        1.0,
+        2.0,
+        4.0,
+        8.0,
+        10.0,
+        10.0,
+    ]
+    assert [policy.delay(n, 0.0) for n in range(7)] == [
+        0.5,
+        0.5,
+        1.0,
+        2.0,
+        4.0,
+        5.0,
+        5.0,
+    ]
+    assert policy.delay(10_000, 0.5) == 7.5
+
+
+def test_keepalive_pings_a_quiet_server_and_gives_up_on_a_silent_one() -> None:
+    """A ping goes out after ``ping_after`` quiet seconds; any bytes from the
+    server answer it; none within ``pong_timeout``, and the server is gone."""
+    keepalive = Keepalive(ping_after=20.0, pong_timeout=10.0)
+    assert keepalive.due(100.0) == 120.0
+    assert keepalive.ping(120.0)
+    assert keepalive.due(100.0) == 130.0
+    assert keepalive.due(125.0) == 145.0  # the server spoke: answered
+    assert keepalive.ping(145.0)
+    assert keepalive.due(125.0) == 155.0
+    assert not keepalive.ping(155.0)
+
+
+def test_what_is_worth_retrying() -> None:
+    """Close codes that blame the client, and 4xx statuses, are final; 5xx
+    statuses may pass."""
+    assert [code for code in range(1000, 1016) if is_client_fault(code)] == [
+        1002,
+        1003,
+        1007,
+        1008,
+        1009,
+    ]
+    assert is_transient(503)
+    assert is_transient(502)
+    assert not is_transient(400)
+    assert not is_transient(404)
+
+
+# Reconnection
+
+
+def test_resume_after_a_dropped_connection_has_no_duplicates(
+    server: BroadcastServer,
+) -> None:
+    """After a dropped connection, the client resumes in the same log: it
+    prints "reconnected", then each missed event once, and nothing again."""
+    watcher = join(server, "watcher")
+    with piped_client(server.port) as client:
+        assert client.read_line().startswith("Connecting to ")
+        assert client.read_line() == "Server: bot has joined the chat"
+        assert receive(watcher) == "Server: bot has joined the chat"
+        watcher.send("before")
+        assert client.read_line() == "watcher: before"
+        (bot,) = [member for member in server.hub.members() if member.name == "bot"]
+        bot.abort("test")
+        assert client.read_line() == (
+            "connection lost (closed without a close frame); reconnecting"
+        )
+        assert receive(watcher) == "watcher: before"
+        assert receive(watcher) == "Server: bot has left the chat"
+        watcher.send("missed 1")
+        watcher.send("missed 2")
+        assert client.read_line() == RESUMED
+        shown = read_until(client, "watcher: missed 2")
+        shown += read_until(client, "Server: bot has joined the chat")
+        assert shown.count("Server: bot has left the chat") == 1, shown
+        assert "watcher: before" not in shown
+        assert "watcher: missed 1" in shown
+        client.send_line("back")
+        assert client.read_line() == "bot: back"
+        client.end_input()
+        assert client.wait() == 0
+        assert client.error_output() == ""
+        client.kill()
+        assert "watcher: missed 2" not in remaining_lines(client)
+    watcher.close()
+
+
+def test_lines_typed_while_disconnected_are_sent_in_order() -> None:
+    """Lines piped while the server is down are sent, in order, once the
+    client has reconnected to the server that came back."""
+    with server_on(0) as first:
+        port = first.port
+        with piped_client(port) as client:
+            assert client.read_line().startswith("Connecting to ")
+            assert client.read_line() == "Server: bot has joined the chat"
+            first.stop()
+            assert client.read_line().startswith("connection lost (1001")
+            for line in ("one", "two", "three"):
+                client.send_line(line)
+            with server_on(port):
+                assert client.read_line() == NOT_RESUMED
+                assert client.read_line() == "Server: bot has joined the chat"
+                assert [client.read_line() for _ in range(3)] == [
+                    "bot: one",
+                    "bot: two",
+                    "bot: three",
+                ]
+                client.end_input()
+                assert client.wait() == 0
+
+
+def test_reconnects_after_the_server_process_is_killed() -> None:
+    """A server process killed outright (no close frame) is a lost
+    connection too: the client reconnects to the new process on the port."""
+    with ServerProcess(["--host", "127.0.0.1", "--port", "0"]) as first:
+        port = first.port
+        with piped_client(port) as client:
+            assert client.read_line().startswith("Connecting to ")
+            assert client.read_line() == "Server: bot has joined the chat"
+            first.process.kill()
+            lost = client.read_line()
+            assert lost.startswith("connection lost ("), lost
+            assert lost.endswith("); reconnecting"), lost
+            with ServerProcess(["--host", "127.0.0.1", "--port", str(port)]):
+                assert client.read_line() == NOT_RESUMED
+                assert client.read_line() == "Server: bot has joined the chat"
+                client.send_line("still here")
+                assert client.read_line() == "bot: still here"
+                client.end_input()
+                assert client.wait() == 0
+                assert client.error_output() == ""
+
+
+def test_ping_finds_a_frozen_server_and_resumes_when_it_thaws() -> None:
+    """A server that stops answering (SIGSTOP) is found by the client's
+    ping; once the server runs again, the client resumes in its log."""
+    settings = f"PING_AFTER = {0.2 * UNIT}\nPONG_TIMEOUT = {0.5 * UNIT}"
+    with (
+        ServerProcess(["--host", "127.0.0.1", "--port", "0"]) as server,
+        tuned_client(server.port, settings) as client,
+    ):
+        assert client.read_line().startswith("Connecting to ")
+        assert client.read_line() == "Server: bot has joined the chat"
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            assert client.read_line() == (
+                f"connection lost (no answer within {0.5 * UNIT:g} s); reconnecting"
+            )
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert client.read_line() == RESUMED
+        client.send_line("thawed")
+        shown = read_until(client, "bot: thawed")
+        assert shown.count("Server: bot has left the chat") <= 1, shown
+        client.end_input()
+        assert client.wait() == 0
+
+
+def test_gives_up_and_reports_the_lines_not_sent() -> None:
+    """With no server back, the client gives up after the policy's attempts,
+    exits 1, and lists the lines it could not send, in order."""
+    settings = (
+        f"RECONNECT_POLICY = ReconnectPolicy(first_delay={UNIT}, "
+        f"longest_delay={UNIT}, attempts=2)"
+    )
+    with server_on(0) as server, tuned_client(server.port, settings) as client:
+        assert client.read_line().startswith("Connecting to ")
+        assert client.read_line() == "Server: bot has joined the chat"
+        server.stop()
+        assert client.read_line().startswith("connection lost (1001")
+        client.send_line("lost one")
+        client.send_line("lost two")
+        assert client.wait() == 1
+        assert client.error_output().splitlines() == [
+            f"broadcast-server: cannot reconnect to 127.0.0.1:{server.port}: "
+            "connection refused (gave up after 2 attempts)",
+            "broadcast-server: not sent: lost one",
+            "broadcast-server: not sent: lost two",
+        ]
+
+
+def test_ctrl_c_while_waiting_to_reconnect_exits_0() -> None:
+    """Ctrl+C (SIGINT) during the wait between two attempts ends the client
+    at once, with exit status 0, and no traceback."""
+    settings = (
+        f"RECONNECT_POLICY = ReconnectPolicy(first_delay={60 * UNIT}, "
+        f"longest_delay={60 * UNIT})"
+    )
+    with server_on(0) as server, tuned_client(server.port, settings) as client:
+        assert client.read_line().startswith("Connecting to ")
+        assert client.read_line() == "Server: bot has joined the chat"
+        server.stop()
+        assert client.read_line().startswith("connection lost (1001")
+        client.process.send_signal(signal.SIGINT)
+        assert client.wait() == 0
+        assert client.error_output() == ""
+
+
+def test_terminal_shows_the_lost_connection_and_ctrl_c_leaves() -> None:
+    """In a terminal, the lost connection is shown above the input line, and
+    Ctrl+C while the client tries to reconnect leaves with status 0."""
+    with server_on(0) as server, terminal_client(server.port) as client:
+        client.wait_for_prompt()
+        client.wait_for(b"Server: tty has joined the chat")
+        server.stop()
+        client.wait_for(b"connection lost (1001: server shutting down); reconnecting")
+        client.wait_until_reading()
+        client.type(b"\x03")
+        assert client.wait() == 0, client.output
+        output = client.output
+    shown = [match["text"] for match in ABOVE_INPUT.finditer(output)]
+    assert b"connection lost (1001: server shutting down); reconnecting" in shown
+    assert b"Traceback" not in output
+
+
+def test_ctrl_c_after_end_of_input_while_waiting_exits_0() -> None:
+    """At the end of its input, a client with lines still to send waits to
+    reconnect; Ctrl+C then ends it with 0, listing the lines not sent."""
+    settings = (
+        f"RECONNECT_POLICY = ReconnectPolicy(first_delay={60 * UNIT}, "
+        f"longest_delay={60 * UNIT})"
+    )
+    with server_on(0) as server, tuned_client(server.port, settings) as client:
+        assert client.read_line().startswith("Connecting to ")
+        assert client.read_line() == "Server: bot has joined the chat"
+        server.stop()
+        assert client.read_line().startswith("connection lost (1001")
+        client.send_line("pending")
+        client.end_input()
+        # Nothing shows that the client has read its input: wait for it to
+        # stop reading, blocked in its join of the link.
+        wait_until_joining(client.process.pid)
+        client.process.send_signal(signal.SIGINT)
+        assert client.wait() == 0
+        assert client.error_output() == "broadcast-server: not sent: pending\n"
+
+
+def test_refusal_while_reconnecting_is_final() -> None:
+    """A server back on the port that refuses the client (400) ends it with
+    exit 1 and the server's reason, with no further attempt."""
+    with server_on(0) as first:
+        port = first.port
+        with piped_client(port) as client:
+            assert client.read_line().startswith("Connecting to ")
+            assert client.read_line() == "Server: bot has joined the chat"
+            first.stop()
+            assert client.read_line().startswith("connection lost (1001")
+            with server_on(port, max_username_chars=2):
+                assert client.wait() == 1
+            assert client.error_output() == (
+                "broadcast-server: the server refused the connection: 400 "
+                "username is longer than 2 characters (3)\n"
+            )
+
+
+def test_a_full_server_is_retried_while_reconnecting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While reconnecting, a 503 (a full server, or one shutting down) is one
+    more failed attempt: the client gets in once there is room."""
+    caplog.set_level(logging.INFO, logger="broadcast_sync")
+    settings = (
+        f"RECONNECT_POLICY = ReconnectPolicy(first_delay={UNIT}, longest_delay={UNIT})"
+    )
+    with server_on(0) as first:
+        port = first.port
+        with tuned_client(port, settings) as client:
+            assert client.read_line().startswith("Connecting to ")
+            assert client.read_line() == "Server: bot has joined the chat"
+            first.stop()
+            assert client.read_line().startswith("connection lost (1001")
+            with server_on(port, max_clients=1) as second:
+                occupant = join(second, "occupant")
+                wait_for_log(caplog, ": 503 the server is full")
+                occupant.close()
+                assert client.read_line() == NOT_RESUMED
+                assert client.read_line() == "Server: bot has joined the chat"
+                client.end_input()
+                assert client.wait() == 0
+
+
+def test_relay_server_is_spoken_to_in_text_and_reconnected() -> None:
+    """Relay mode refuses format=json (400): the client speaks text, prints
+    frames as they come, and reconnects after a restart, without resuming."""
+    with server_on(0, mode=Mode.RELAY) as first:
+        port = first.port
+        watcher = connect(first, "watcher")
+        with piped_client(port) as client:
+            assert client.read_line().startswith("Connecting to ")
+            client.send_line('{"type":"welcome","user":"x","last_id":null}')
+            assert client.read_line() == '{"type":"welcome","user":"x","last_id":null}'
+            watcher.send(b"\x00\x01")
+            assert client.read_line() == "(binary message, 2 bytes)"
+            first.stop()
+            assert client.read_line() == (
+                "connection lost (1001: server shutting down); reconnecting"
+            )
+            with server_on(port, mode=Mode.RELAY):
+                assert client.read_line() == NOT_RESUMED
+                client.send_line("again")
+                assert client.read_line() == "again"
+                client.end_input()
+                assert client.wait() == 0
+                assert client.error_output() == ""
+        watcher.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"Server: bot has joined the chat",
+        b'{"type":"welcome"',
+        b'{"type":"welcome","user":5}',
+        b'{"type":"cursor","x":1}',
+    ],
+    ids=["text", "broken-json", "bad-welcome", "other-json"],
+)
+def test_server_that_ignores_format_json(payload: bytes) -> None:
+    """A server that answers format=json with text frames is spoken to in
+    text: its frames are printed as they came, never a JSON error."""
+    hostile = HostileServer(payload)
+    with hostile, piped_client(hostile.port) as client:
+        assert client.read_line().startswith("Connecting to ")
+        client.send_line("go")
+        assert client.read_line() == payload.decode()
+        client.end_input()
+        assert client.wait() == 0
+        assert client.error_output() == ""
+    assert hostile.received == [(0x1, b"go"), (0x8, (1000).to_bytes(2, "big"))]
+
+
+def test_message_too_big_is_not_retried() -> None:
+    """A line over the server's byte limit gets a 1009 close: the client's
+    own fault, so it exits 1 without reconnecting."""
+    with (
+        run_server(max_message_bytes=16) as server,
+        piped_client(server.port) as client,
+    ):
+        assert client.read_line().startswith("Connecting to ")
+        assert client.read_line() == "Server: bot has joined the chat"
+        client.send_line("x" * 17)
+        assert client.wait() == 1
+        assert client.error_output() == (
+            "broadcast-server: the server closed the connection "
+            "(1009: message over 16 bytes)\n"
+        )
+        client.kill()
+        assert remaining_lines(client) == []
