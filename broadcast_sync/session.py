@@ -284,7 +284,7 @@ class Session:
         try:
             self._append(Event(EventKind.JOIN, self.name, time.time()))
         except LogUnavailable as exc:
-            self._fail(frames.TRY_AGAIN_LATER, f"the chat is unavailable: {exc}")
+            self._fail(frames.TRY_AGAIN_LATER, str(exc))
         else:
             self._join_logged = True
 
