@@ -33,6 +33,9 @@ INBOX_SIZE = 16384
 PUT_RETRY_SECONDS = 0.5
 #: What JSON clients are told when the log starts over with a new epoch.
 EPOCH_CHANGED = "the chat history was lost; earlier messages cannot be resumed"
+#: How long a resume may wait for this server to read the event it names:
+#: another server logged it a moment ago. A few of the log's round trips.
+RESUME_WAIT_SECONDS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +43,14 @@ class _Add:
     member: Member
     #: Logged events to send before the live ones.
     history: int
-    #: Resume after this event instead.
+    #: Resume after this event instead, once it is delivered here.
     since: EventId | None
+    #: Monotonic time after which it resumes, or not, anyway.
+    deadline: float
+
+    @property
+    def after(self) -> EventId | None:
+        return self.since
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,17 +73,17 @@ class _SendTo:
 class _Remove:
     member: Member
     close_frame: bytes | None
-    #: The offset of the member's last logged event: it gets its own
-    #: messages before it goes.
-    after: int
+    #: The member's last logged event: it gets its own messages before it
+    #: goes.
+    after: EventId | None
     #: Monotonic time after which it goes anyway: the log may be stalled.
     deadline: float
 
 
 @dataclasses.dataclass(frozen=True)
 class _Stop:
-    #: The offset of the last event this server logged.
-    after: int
+    #: The last event this server logged.
+    after: EventId | None
     deadline: float
 
 
@@ -134,17 +143,17 @@ class Dispatcher:
         self._history: collections.deque[LoggedEvent] = collections.deque(
             maxlen=history_size
         )
-        #: Removals and the stop waiting for the events before them.
-        self._waiting: list[_Remove] = []
+        #: Arrivals and removals waiting for an event to be delivered.
+        self._waiting: list[_Add | _Remove] = []
         self._stopping: _Stop | None = None
 
     def start(self) -> None:
         """Start the dispatcher thread."""
         self._thread.start()
 
-    def stop(self, after: int, timeout: float) -> None:
-        """Deliver the events up to offset ``after``, or wait ``timeout`` for
-        them; then close every member with 1001, and join the thread."""
+    def stop(self, after: EventId | None, timeout: float) -> None:
+        """Deliver the events up to ``after``, or wait ``timeout`` for them;
+        then close every member with 1001, and join the thread."""
         self._put(_Stop(after, time.monotonic() + timeout))
         self._thread.join()
 
@@ -171,19 +180,25 @@ class Dispatcher:
         nothing comes twice, because the dispatcher reads the history up to
         the last event it delivered.
         """
-        self._put(_Add(member, history, since))
+        deadline = time.monotonic() + RESUME_WAIT_SECONDS
+        self._put(_Add(member, history, since, deadline))
 
     def send_to(self, member: Member, frame: bytes) -> None:
         """Send an encoded ``frame`` to ``member`` alone, in order."""
         self._put(_SendTo(member, frame))
 
     def remove(
-        self, member: Member, close_frame: bytes | None, *, after: int, wait: float
+        self,
+        member: Member,
+        close_frame: bytes | None,
+        *,
+        after: EventId | None,
+        wait: float,
     ) -> None:
         """Stop sending to ``member``, closing it with ``close_frame`` if given.
 
-        It first gets the events up to offset ``after`` (its own last
-        message), unless they take longer than ``wait`` seconds to come.
+        It first gets the events up to ``after`` (its own last message),
+        unless they take longer than ``wait`` seconds to come.
         """
         self._put(_Remove(member, close_frame, after, time.monotonic() + wait))
 
@@ -244,9 +259,7 @@ class Dispatcher:
         for item in items:
             if isinstance(item, _Events):
                 self._add_events(item.events, flush)
-            elif isinstance(item, _Add):
-                self._add(item, flush)
-            elif isinstance(item, _Remove):
+            elif isinstance(item, (_Add, _Remove)):
                 self._waiting.append(item)
             elif isinstance(item, _Stop):
                 self._stopping = item
@@ -258,19 +271,22 @@ class Dispatcher:
                     item.member.send(item.frame)
                 else:
                     self._restart(item.snapshot)
-            self._remove_due(flush)
-        self._remove_due(flush)  # also when nothing came: deadlines pass
+            self._act_when_due(flush)
+        self._act_when_due(flush)  # also when nothing came: deadlines pass
         self._send(flush)
         if self._stopping is not None and self._due(self._stopping):
             self._close_all()
             return False
         return True
 
-    def _remove_all_waiting(self) -> None:
-        """Remove the members still waiting for their last events."""
+    def _end_waiting(self) -> None:
+        """Add and remove at once the members still waiting for an event."""
         flush = _Flush()
         for item in self._waiting:
-            self._remove(item, flush)
+            if isinstance(item, _Add):
+                self._add(item, flush)
+            else:
+                self._remove(item, flush)
         self._waiting = []
         self._send(flush)
 
@@ -294,7 +310,7 @@ class Dispatcher:
                 self._online.discard(event.user)
             flush.events.append(logged)
             if self._waiting:
-                self._remove_due(flush)
+                self._act_when_due(flush)
 
     def _add(self, item: _Add, flush: _Flush) -> None:
         member = item.member
@@ -329,21 +345,33 @@ class Dispatcher:
         start = max(after + 1 - self._history[0].offset, 0)
         return list(itertools.islice(self._history, start, None))
 
-    def _remove_due(self, flush: _Flush) -> None:
-        """Remove the members whose last events were delivered, or can wait
-        no longer."""
+    def _act_when_due(self, flush: _Flush) -> None:
+        """Add and remove the members whose event was delivered, or that can
+        wait no longer, in the order they came."""
         if not self._waiting:
             return
-        waiting = []
+        waiting: list[_Add | _Remove] = []
         for item in self._waiting:
-            if self._due(item):
-                self._remove(item, flush)
-            else:
+            if any(item.member is each.member for each in waiting):
+                waiting.append(item)  # after its own arrival
+            elif not self._due(item):
                 waiting.append(item)
+            elif isinstance(item, _Add):
+                self._add(item, flush)
+            else:
+                self._remove(item, flush)
         self._waiting = waiting
 
-    def _due(self, item: _Remove | _Stop) -> bool:
-        return item.after <= self._offset or time.monotonic() >= item.deadline
+    def _due(self, item: _Add | _Remove | _Stop) -> bool:
+        """Whether ``item``'s event was delivered (or belongs to a lost log),
+        or its deadline passed."""
+        after = item.after
+        return (
+            after is None
+            or after.epoch != self._epoch
+            or after.offset <= self._offset
+            or time.monotonic() >= item.deadline
+        )
 
     def _remove(self, item: _Remove, flush: _Flush) -> None:
         member = item.member
@@ -371,7 +399,7 @@ class Dispatcher:
         self._history.clear()
         self._history.extend(snapshot.history)
         # Their last events belong to the lost log: nothing is left to wait for.
-        self._remove_all_waiting()
+        self._end_waiting()
 
     def _send(self, flush: _Flush) -> None:
         """Fan ``flush`` out, then let its newcomers in and its leavers go."""
@@ -394,7 +422,7 @@ class Dispatcher:
                 member.close(close_frame)
 
     def _close_all(self) -> None:
-        self._remove_all_waiting()
+        self._end_waiting()
         members = self._hub.members()
         logger.info("closing %d connections: server shutting down", len(members))
         close_frame = frames.encode_close(frames.GOING_AWAY, "server shutting down")

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from broadcast_sync.events import Event, EventKind, LoggedEvent, new_epoch
+from broadcast_sync.events import Event, EventId, EventKind, LoggedEvent, new_epoch
 from broadcast_sync.names import NameRegistry
 
 
@@ -52,8 +52,8 @@ class EventLog(Protocol):
     """The room: its ordered events and the names in use."""
 
     @property
-    def appended(self) -> int:
-        """The offset of the last event this server appended; 0 for none."""
+    def appended(self) -> EventId | None:
+        """The id of the last event this server appended, if any."""
 
     def start(self, subscriber: Subscriber) -> None:
         """Hand ``subscriber`` a snapshot, then every event appended after it.
@@ -76,8 +76,8 @@ class EventLog(Protocol):
     def release_name(self, name: str) -> None:
         """Free a name whose client never joined."""
 
-    def append(self, event: Event) -> int:
-        """Append ``event`` and return its offset.
+    def append(self, event: Event) -> EventId:
+        """Append ``event`` and return its id.
 
         Raises:
             LogUnavailable: if the event could not be logged.
@@ -108,10 +108,10 @@ class MemoryLog:
         self._offset = 0
 
     @property
-    def appended(self) -> int:
-        """The newest offset: every event was appended here."""
+    def appended(self) -> EventId | None:
+        """The newest event: every event was appended here."""
         with self._append_lock:
-            return self._offset
+            return EventId(self.epoch, self._offset) if self._offset else None
 
     def start(self, subscriber: Subscriber) -> None:
         """Start the subscriber on an empty log."""
@@ -129,13 +129,13 @@ class MemoryLog:
         """Free a name in this process."""
         self._names.release(name)
 
-    def append(self, event: Event) -> int:
+    def append(self, event: Event) -> EventId:
         """Give ``event`` the next offset and hand it to the subscriber."""
         with self._append_lock:
             self._offset += 1
             if self._subscriber is not None:
                 self._subscriber.deliver([LoggedEvent(self._offset, event)])
-            return self._offset
+            return EventId(self.epoch, self._offset)
 
     def leave(self, name: str, event: Event | None) -> None:
         """Append the leave event, then free the name."""

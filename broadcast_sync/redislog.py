@@ -4,7 +4,8 @@ Keys, all under the room's prefix ``P``:
 
 - ``P:meta``, a hash: the log's ``epoch`` and the last ``offset`` given.
 - ``P:log``, a stream: event ``N`` has the entry id ``N-0``; trimmed to
-  exactly ``--history-size`` entries.
+  ``--history-size`` entries, which a starting node takes as its history,
+  plus :data:`CATCH_UP_ENTRIES` for nodes that fell behind.
 - ``P:online``, a hash: who is in the room, by the log's joins and leaves.
 - ``P:names``, a hash: each name in use and the node that holds it.
 - ``P:nodes``, a set of node ids; ``P:node:ID``, a key that lives while its
@@ -16,6 +17,11 @@ global order. A node delivers only what it reads back from the stream, its
 own clients' messages included, so every client on every node sees the same
 sequence. A leave is logged and its name freed in one step, and the survivors
 of a dead node do both for each of its names, so each leave is logged once.
+
+A command that times out may still run later: a frozen Redis runs what it
+had received when it wakes up. So the scripts that log a message or reserve
+a name carry a deadline, in Redis's clock, and do nothing once it passed:
+a sender told "message not sent" is never contradicted by an echo.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from broadcast_sync.config import ServerConfig
-from broadcast_sync.events import Event, EventKind, LoggedEvent, new_epoch
+from broadcast_sync.events import Event, EventId, EventKind, LoggedEvent, new_epoch
 from broadcast_sync.log import LogUnavailable, Snapshot, Subscriber
 from broadcast_sync.names import RoomFull, name_variants
 
@@ -47,6 +53,10 @@ logger = logging.getLogger(__name__)
 #: is given up on quickly, and the sender gets a notice instead of a wait.
 COMMAND_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 2.0
+#: A script that Redis runs later than this before its sender gives up does
+#: nothing: the answer could come too late. Far more than a round trip plus
+#: the error of the measured clock offset (half a round trip).
+DEADLINE_MARGIN_SECONDS = 0.5
 #: How long one XREAD waits for new entries: the delay of stop().
 READ_BLOCK_MS = 250
 #: Entries one XREAD returns at most: one fan-out batch.
@@ -59,12 +69,32 @@ NODE_TTL_SECONDS = 15.0
 #: Reconnection backoff, doubled from the first to the last.
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 2.0
+#: After an outage, how long a node waits before it looks for dead nodes:
+#: every key may have expired meanwhile, and the live nodes need a retry
+#: and a command (twice that, to be safe) to get back and refresh theirs.
+REAP_GRACE_SECONDS = 2 * (BACKOFF_MAX_SECONDS + COMMAND_TIMEOUT)
 
 # Limits
 #: Connections shared by the threads that publish; more wait for one.
 POOL_SIZE = 32
+#: Entries kept beyond the history: a reader that fell behind (a burst, an
+#: outage of its own node) still finds every entry it has not delivered,
+#: even with --history-size 0. Minutes of a busy room, a few MB at most.
+CATCH_UP_ENTRIES = 10_000
 #: Names offered to the reserve script at once: the first free one wins.
 NAME_CANDIDATES = 32
+
+#: Fails a script that runs after the deadline its sender gave (ms, in
+#: Redis's clock): the sender has given up, or will before the answer comes.
+_IN_TIME = """
+local function check_deadline(deadline)
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000 + tonumber(now[2]) / 1000 > tonumber(deadline) then
+    return redis.error_reply('TOOLATE Redis ran the command after its deadline')
+  end
+  return nil
+end
+"""
 
 #: Appends an event; the epoch is created (and an old stream dropped) when
 #: the log is new. Shared by the scripts that log events.
@@ -88,30 +118,50 @@ local function append(meta, stream, maxlen, fresh, kind, user, body, ts)
 end
 """
 
-#: KEYS: meta, log, online. ARGV: fresh epoch.
+#: KEYS: meta, log, online. ARGV: fresh epoch, history size. The epoch, the
+#: newest offset, who is online and the newest entries, newest first.
 _SNAPSHOT = (
     _APPEND
     + """
 local epoch = ensure_epoch(KEYS[1], KEYS[2], ARGV[1])
 local offset = redis.call('HGET', KEYS[1], 'offset')
-return {epoch, offset, redis.call('HKEYS', KEYS[3])}
+local newest = {}
+if tonumber(ARGV[2]) > 0 then
+  newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+end
+return {epoch, offset, redis.call('HKEYS', KEYS[3]), newest}
 """
 )
 
-#: KEYS: meta, log, online. ARGV: max length, fresh epoch, kind, user, body, ts.
+#: KEYS: meta, log, online. ARGV: max length, fresh epoch, kind, user, body, ts,
+#: deadline.
 _LOG_EVENT = (
-    _APPEND
+    _IN_TIME
+    + _APPEND
     + """
+local late = check_deadline(ARGV[7])
+if late then
+  return late
+end
 if ARGV[3] == 'join' then
   redis.call('HSET', KEYS[3], ARGV[4], 1)
 end
-return append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local offset = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+                      ARGV[6])
+return {redis.call('HGET', KEYS[1], 'epoch'), offset}
 """
 )
 
-#: KEYS: names, node's names. ARGV: node, candidates in order of preference.
-_RESERVE = """
-for i = 2, #ARGV do
+#: KEYS: names, node's names. ARGV: node, deadline, candidates in order of
+#: preference.
+_RESERVE = (
+    _IN_TIME
+    + """
+local late = check_deadline(ARGV[2])
+if late then
+  return late
+end
+for i = 3, #ARGV do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1]) == 1 then
     redis.call('SADD', KEYS[2], ARGV[i])
     return ARGV[i]
@@ -119,6 +169,7 @@ for i = 2, #ARGV do
 end
 return false
 """
+)
 
 #: KEYS: names, node's names. ARGV: node, names to hold again.
 _REGISTER = """
@@ -132,6 +183,17 @@ for i = 2, #ARGV do
   end
 end
 return lost
+"""
+
+#: KEYS: meta, log, online. ARGV: epoch, offset, fresh epoch. Starts a new,
+#: empty log if the log of ``epoch`` went back to before ``offset``.
+_REBASE = """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if meta[1] == ARGV[1] and tonumber(meta[2]) < tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[3], 'offset', 0)
+end
+return 0
 """
 
 #: Logs the leave of a user who is online, then frees the name: one step.
@@ -197,6 +259,7 @@ class RedisLog:
         assert config.redis_url is not None
         self.url = config.redis_url
         self._history_size = config.history_size
+        self._max_length = config.history_size + CATCH_UP_ENTRIES
         self._max_clients = config.max_clients
         self._max_name_chars = config.max_username_chars
         #: This process, among the nodes of the room.
@@ -224,6 +287,7 @@ class RedisLog:
         self._register_script = self._redis.register_script(_REGISTER)
         self._leave_script = self._redis.register_script(_LOG_LEAVE)
         self._reap_script = self._redis.register_script(_REAP)
+        self._rebase_script = self._redis.register_script(_REBASE)
 
         #: Guards the fields below, written by the connection threads and
         #: read by the reader thread.
@@ -232,11 +296,14 @@ class RedisLog:
         self._local_names: set[str] = set()
         #: Leaves that could not be logged yet, in order: (name, log it?).
         self._pending_leaves: list[tuple[str, bool]] = []
-        self._appended = 0
+        self._appended: EventId | None = None
         #: Set while Redis can be reached; else calls fail at once. Cleared
         #: and set by the reader thread.
         self._reachable = threading.Event()
         self._reachable.set()
+        #: Redis's clock minus ours, in seconds, for the deadlines. Written by
+        #: the reader thread, read by any: a float assignment needs no lock.
+        self._clock_offset = 0.0
 
         # Owned by the reader thread.
         self._subscriber: Subscriber | None = None
@@ -244,6 +311,8 @@ class RedisLog:
         #: The offset of the last entry read.
         self._cursor = 0
         self._next_refresh = 0.0
+        #: Monotonic time before which dead nodes are not looked for.
+        self._reap_after = 0.0
         #: Set by stop(); the reader waits on it between retries.
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="redis reader")
@@ -251,8 +320,8 @@ class RedisLog:
     # The EventLog interface.
 
     @property
-    def appended(self) -> int:
-        """The offset of the last event this node appended."""
+    def appended(self) -> EventId | None:
+        """The id of the last event this node appended, if any."""
         with self._lock:
             return self._appended
 
@@ -265,8 +334,9 @@ class RedisLog:
         self._subscriber = subscriber
         try:
             self._refresh()
-            self._restart()
+            self._restart(lost=False)
         except redis.RedisError as exc:
+            self._disconnect()  # the server never calls stop() then
             raise LogUnavailable(
                 f"cannot reach Redis at {self._where()}: {exc}"
             ) from exc
@@ -288,8 +358,7 @@ class RedisLog:
                 # Else the node key expires, and the survivors log the leaves.
                 self._redis.delete(self._node_key, self._node_names)
                 self._redis.srem(self._nodes, self.node)
-        self._redis.close()
-        self._reader_redis.close()
+        self._disconnect()
 
     def reserve_name(self, requested: str) -> str:
         """Reserve the first free variant of ``requested`` in the whole room."""
@@ -303,7 +372,7 @@ class RedisLog:
             name = self._call(
                 self._reserve_script,
                 [self._names, self._node_names],
-                [self.node, *candidates],
+                [self.node, self._deadline(), *candidates],
             )
             if name is not None:
                 name = name.decode()
@@ -315,27 +384,32 @@ class RedisLog:
         """Free a name whose client never joined."""
         self.leave(name, None)
 
-    def append(self, event: Event) -> int:
+    def append(self, event: Event) -> EventId:
         """Log ``event``; the reader delivers it when it reads it back."""
         body = event.body.encode() if isinstance(event.body, str) else event.body
-        kind = _stored_kind(event)
-        offset = int(
-            self._call(
-                self._log_event_script,
-                [self._meta, self._stream, self._online],
-                [
-                    self._history_size,
-                    new_epoch(),
-                    kind,
-                    event.user,
-                    body,
-                    repr(event.ts),
-                ],
-            )
+        epoch, offset = self._call(
+            self._log_event_script,
+            [self._meta, self._stream, self._online],
+            [
+                self._max_length,
+                new_epoch(),
+                _stored_kind(event),
+                event.user,
+                body,
+                repr(event.ts),
+                self._deadline(),
+            ],
         )
+        event_id = EventId(epoch.decode(), int(offset))
         with self._lock:
-            self._appended = max(self._appended, offset)
-        return offset
+            last = self._appended
+            if (
+                last is None
+                or last.epoch != event_id.epoch
+                or last.offset < event_id.offset
+            ):
+                self._appended = event_id
+        return event_id
 
     def leave(self, name: str, event: Event | None) -> None:
         """Log the leave and free the name, now or once Redis is back."""
@@ -350,19 +424,6 @@ class RedisLog:
             self._pending_leaves.append((name, event is not None))
         logger.info("the leave of %s will be logged once Redis is back", name)
 
-    def read(self, after: int, upto: int, epoch: str) -> list[LoggedEvent]:
-        """The entries of ``(after, upto]`` still in the stream of ``epoch``."""
-        pipeline = self._redis.pipeline(transaction=True)
-        pipeline.hget(self._meta, "epoch")
-        pipeline.xrange(self._stream, f"{after + 1}-0", f"{upto}-0")
-        try:
-            current, entries = pipeline.execute()
-        except redis.RedisError as exc:
-            raise LogUnavailable(f"Redis: {exc}") from exc
-        if current is None or current.decode() != epoch:
-            return []
-        return [_logged(entry_id, fields) for entry_id, fields in entries]
-
     # Calls from any thread.
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -373,6 +434,23 @@ class RedisLog:
             return script(keys=keys, args=args)
         except redis.RedisError as exc:
             raise LogUnavailable(f"the chat is unavailable: {exc}") from exc
+
+    def _deadline(self) -> str:
+        """When Redis must have run a command sent now, in ms of its clock.
+
+        The sender waits COMMAND_TIMEOUT from the moment it sends, which is
+        after now: a script run by the deadline answers a sender still
+        waiting; one run later does nothing.
+        """
+        deadline = (
+            time.time() + self._clock_offset + COMMAND_TIMEOUT - DEADLINE_MARGIN_SECONDS
+        )
+        return repr(deadline * 1000)
+
+    def _disconnect(self) -> None:
+        """Close every connection: ``Redis.close()`` leaves a given pool open."""
+        self._redis.connection_pool.disconnect()
+        self._reader_redis.connection_pool.disconnect()
 
     def _leave(self, name: str, log_it: bool) -> None:
         """Log the leave of ``name`` if ``log_it`` and it is online; free it.
@@ -389,7 +467,7 @@ class RedisLog:
                 self._node_names,
             ],
             args=[
-                self._history_size,
+                self._max_length,
                 new_epoch(),
                 name,
                 self.node,
@@ -423,6 +501,7 @@ class RedisLog:
                 continue
             if not self._reachable.is_set():
                 logger.warning("Redis at %s is back", self._where())
+                self._reap_after = time.monotonic() + REAP_GRACE_SECONDS
                 self._reachable.set()
                 delay = BACKOFF_FIRST_SECONDS
 
@@ -430,13 +509,18 @@ class RedisLog:
         """Check the epoch after an outage, do the chores, read once."""
         if not self._reachable.is_set():
             self._ping_and_check_epoch()
+        with self._lock:
+            pending = bool(self._pending_leaves)
+        if pending:
+            # Not only after an outage the reader saw: a leave can time out
+            # alone, or after the reader got back.
             self._log_pending_leaves()
         if time.monotonic() >= self._next_refresh:
             self._refresh()
         reply: Any = self._reader_redis.xread(
             {self._stream: f"{self._cursor}-0"}, count=READ_COUNT, block=READ_BLOCK_MS
         )
-        if not reply:
+        if not reply or not reply[0][1]:
             self._ping_and_check_epoch()
             return
         entries = [_logged(entry_id, fields) for entry_id, fields in reply[0][1]]
@@ -445,22 +529,49 @@ class RedisLog:
         self._subscriber.deliver(entries)
 
     def _ping_and_check_epoch(self) -> None:
-        """Start over if the log was lost: Redis restarted empty, or was flushed."""
-        epoch: Any = self._reader_redis.hget(self._meta, "epoch")
-        if epoch is None or epoch.decode() != self._epoch:
-            self._restart()
-            self._register_local_names()
+        """Start over if the log was lost: Redis restarted empty, or from an
+        older copy (persistence may lose the last writes), or was flushed."""
+        meta: Any = self._reader_redis.hmget(self._meta, ["epoch", "offset"])
+        epoch, offset = meta
+        if epoch is not None and epoch.decode() == self._epoch:
+            if int(offset or 0) >= self._cursor:
+                return
+            # The log went back in time: its next offsets would name events
+            # other than those delivered. Start a new log, as if Redis came
+            # back empty; the first node to see it does it for all.
+            self._rebase_script(
+                keys=[self._meta, self._stream, self._online],
+                args=[self._epoch, self._cursor, new_epoch()],
+            )
+        self._restart(lost=True)
+        self._register_local_names()
 
-    def _restart(self) -> None:
-        """Read where the log stands and hand it to the subscriber."""
-        epoch, offset, online = self._snapshot_script(
-            keys=[self._meta, self._stream, self._online], args=[new_epoch()]
+    def _restart(self, *, lost: bool) -> None:
+        """Read where the log stands and hand it to the subscriber.
+
+        Args:
+            lost: The log this node read was lost, and another began. Its
+                events are read from the first: other nodes may have logged
+                some before this node noticed. At start, nothing before the
+                newest event concerns this node.
+        """
+        epoch, offset, online, newest = self._snapshot_script(
+            keys=[self._meta, self._stream, self._online],
+            args=[new_epoch(), self._history_size],
         )
         self._epoch = epoch.decode()
-        self._cursor = int(offset or 0)
-        snapshot = Snapshot(
-            self._epoch, self._cursor, frozenset(name.decode() for name in online)
-        )
+        head = int(offset or 0)
+        if lost:
+            snapshot = Snapshot(self._epoch, 0, frozenset())
+        else:
+            history = [_logged(entry_id, _fields(flat)) for entry_id, flat in newest]
+            snapshot = Snapshot(
+                self._epoch,
+                head,
+                frozenset(name.decode() for name in online),
+                history[::-1],
+            )
+        self._cursor = snapshot.offset
         assert self._subscriber is not None
         self._subscriber.restart(snapshot)
 
@@ -477,18 +588,25 @@ class RedisLog:
             logger.warning("the name %s is now held by another node", name.decode())
 
     def _refresh(self) -> None:
-        """Keep this node alive in Redis, and log the leaves of dead nodes."""
+        """Keep this node alive in Redis, measure the clocks' offset, and log
+        the leaves of dead nodes."""
+        before = time.time()
+        seconds, microseconds = self._redis.time()
+        self._clock_offset = seconds + microseconds / 1e6 - (before + time.time()) / 2
         pipeline = self._redis.pipeline(transaction=True)
         pipeline.set(self._node_key, 1, px=int(NODE_TTL_SECONDS * 1000))
         pipeline.sadd(self._nodes, self.node)
         pipeline.execute()
+        self._next_refresh = time.monotonic() + REFRESH_SECONDS
+        # Not while getting back from an outage, nor for a grace period after.
+        if not self._reachable.is_set() or time.monotonic() < self._reap_after:
+            return
         reaped = self._reap_script(
             keys=[self._meta, self._stream, self._online, self._names, self._nodes],
-            args=[self._history_size, new_epoch(), repr(time.time()), self._prefix],
+            args=[self._max_length, new_epoch(), repr(time.time()), self._prefix],
         )
         if reaped:
             logger.info("freed %d names of nodes that stopped answering", reaped)
-        self._next_refresh = time.monotonic() + REFRESH_SECONDS
 
     def _log_pending_leaves(self) -> None:
         """Log the leaves that waited for Redis, in order."""
@@ -519,6 +637,11 @@ def _stored_kind(event: Event) -> str:
     if event.kind is EventKind.DATA and isinstance(event.body, bytes):
         return "binary"
     return event.kind.value
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A stream entry's fields, which a script returns as a flat list."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _logged(entry_id: bytes, fields: dict[bytes, bytes]) -> LoggedEvent:

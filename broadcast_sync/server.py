@@ -121,13 +121,13 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
             LogUnavailable: if the log cannot be reached.
         """
         threading.stack_size(THREAD_STACK_BYTES)
-        self.dispatcher.start()
         try:
+            # Before the dispatcher runs: it only queues what it is handed.
             self.log.start(self.dispatcher)
         except LogUnavailable:
-            self.dispatcher.stop(after=0, timeout=0)
             self.server_close()
             raise
+        self.dispatcher.start()
         self.heartbeat.start()
         self._acceptor.start()
         logger.info("listening on %s:%d", self.config.host, self.port)

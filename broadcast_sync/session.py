@@ -67,7 +67,12 @@ class Room(Protocol):
         """Send ``frame`` to ``member`` alone, in order."""
 
     def remove(
-        self, member: Member, close_frame: bytes | None, *, after: int, wait: float
+        self,
+        member: Member,
+        close_frame: bytes | None,
+        *,
+        after: EventId | None,
+        wait: float,
     ) -> None:
         """Stop sending to ``member`` once it has the events up to ``after``."""
 
@@ -116,8 +121,8 @@ class Session:
         self._limiter = RateLimiter(config.rate_limit, config.rate_window)
         self._assembler = MessageAssembler(config.max_message_bytes)
         self._relay = config.mode is Mode.RELAY
-        #: The offset of the last event this client logged.
-        self._last_offset = 0
+        #: The last event this client logged.
+        self._last_id: EventId | None = None
         #: Whether its join was logged, and so its leave must be.
         self._join_logged = False
         self._left = False
@@ -290,7 +295,7 @@ class Session:
 
     def _append(self, event: Event) -> None:
         """Log ``event``; the dispatcher fans it out from the log."""
-        self._last_offset = self._log.append(event)
+        self._last_id = self._log.append(event)
 
     def _read_loop(self) -> None:
         # Events first: the handshake may have read the first frames already.
@@ -440,9 +445,7 @@ class Session:
             self._record_end(reason)
         close_timeout = self._config.close_timeout
         self._close_deadline = time.monotonic() + close_timeout
-        self._room.remove(
-            self, close_frame, after=self._last_offset, wait=close_timeout
-        )
+        self._room.remove(self, close_frame, after=self._last_id, wait=close_timeout)
         leave = None
         if self._join_logged:
             leave = Event(EventKind.LEAVE, self.name, time.time())
