@@ -171,13 +171,18 @@ return false
 """
 )
 
-#: KEYS: names, node's names. ARGV: node, names to hold again.
+#: KEYS: names, node's names, online. ARGV: node, how many of the names
+#: joined, the names to hold again (the joined ones first): the joined are
+#: online again too, so that their leaves are logged.
 _REGISTER = """
 local lost = {}
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1]) == 1
      or redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
     redis.call('SADD', KEYS[2], ARGV[i])
+    if i - 2 <= tonumber(ARGV[2]) then
+      redis.call('HSET', KEYS[3], ARGV[i], 1)
+    end
   else
     table.insert(lost, ARGV[i])
   end
@@ -292,8 +297,9 @@ class RedisLog:
         #: Guards the fields below, written by the connection threads and
         #: read by the reader thread.
         self._lock = threading.Lock()
-        #: The names this node holds.
+        #: The names this node holds, and those of them whose join was logged.
         self._local_names: set[str] = set()
+        self._joined_names: set[str] = set()
         #: Leaves that could not be logged yet, in order: (name, log it?).
         self._pending_leaves: list[tuple[str, bool]] = []
         self._appended: EventId | None = None
@@ -402,6 +408,8 @@ class RedisLog:
         )
         event_id = EventId(epoch.decode(), int(offset))
         with self._lock:
+            if event.kind is EventKind.JOIN:
+                self._joined_names.add(event.user)
             last = self._appended
             if (
                 last is None
@@ -477,6 +485,7 @@ class RedisLog:
         )
         with self._lock:
             self._local_names.discard(name)
+            self._joined_names.discard(name)
 
     def _where(self) -> str:
         """Where Redis is, without the URL's password, for messages."""
@@ -543,8 +552,8 @@ class RedisLog:
                 keys=[self._meta, self._stream, self._online],
                 args=[self._epoch, self._cursor, new_epoch()],
             )
-        self._restart(lost=True)
         self._register_local_names()
+        self._restart(lost=True)
 
     def _restart(self, *, lost: bool) -> None:
         """Read where the log stands and hand it to the subscriber.
@@ -562,7 +571,10 @@ class RedisLog:
         self._epoch = epoch.decode()
         head = int(offset or 0)
         if lost:
-            snapshot = Snapshot(self._epoch, 0, frozenset())
+            # From the new log's first event, with the users who are back.
+            snapshot = Snapshot(
+                self._epoch, 0, frozenset(name.decode() for name in online)
+            )
         else:
             history = [_logged(entry_id, _fields(flat)) for entry_id, flat in newest]
             snapshot = Snapshot(
@@ -576,13 +588,16 @@ class RedisLog:
         self._subscriber.restart(snapshot)
 
     def _register_local_names(self) -> None:
-        """Hold this node's names again, after Redis lost them."""
+        """Hold this node's names again, and put its users back online,
+        after Redis lost them."""
         with self._lock:
-            names = sorted(self._local_names)
-        if not names:
+            joined = sorted(self._joined_names)
+            others = sorted(self._local_names - self._joined_names)
+        if not joined and not others:
             return
         lost = self._register_script(
-            keys=[self._names, self._node_names], args=[self.node, *names]
+            keys=[self._names, self._node_names, self._online],
+            args=[self.node, len(joined), *joined, *others],
         )
         for name in lost:
             logger.warning("the name %s is now held by another node", name.decode())

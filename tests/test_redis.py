@@ -607,6 +607,28 @@ def test_leave_after_the_log_was_lost_is_prompt(redis_server: RedisProcess) -> N
         assert time.monotonic() - began < 0.5 * UNIT
 
 
+def test_users_are_back_online_after_redis_lost_its_data(
+    redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After Redis came back empty, a node's users are online again: a
+    newcomer's welcome lists them, and their leaves are logged."""
+    caplog.set_level(logging.INFO, logger="broadcast_sync")
+    with (
+        run_nodes(redis_server, rate_limit=0) as (a, b),
+        contextlib.ExitStack() as stack,
+    ):
+        ann = join_json(stack, a.port, "ann")[0]
+        ben = join_text(stack, b.port, "ben")
+        events_of(ann, "join", {"ben"})
+        redis_server.restart()  # no persistence: empty
+        assert receive_json(ann, 10 * UNIT) == EPOCH_NOTICE
+        wait_until_back(caplog, 2)
+        cat = join_json(stack, a.port, "cat")[1]
+        assert {"ann", "cat"} <= set(cat["users"])
+        ann.close()
+        receive_until(ben, lambda line: line == "Server: ann has left the chat")
+
+
 # Startup.
 
 
