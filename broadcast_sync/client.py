@@ -3,112 +3,19 @@
 The main thread reads the user's lines and hands them to the chat link
 (``chatlink.py``), whose thread connects, reconnects, sends them and prints
 what arrives. Ctrl+C stops whichever of the two is waiting.
-
-Also here: :class:`ChatClient`, a simple-websocket client that the tests and
-tools use to talk to the server.
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
 
-import simple_websocket
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    CloseConnection,
-    RejectConnection,
-    RejectData,
-    Request,
-)
-from wsproto.frame_protocol import CloseReason
-from wsproto.utilities import LocalProtocolError
-
-from broadcast_sync.chatlink import CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, ChatLink
-from broadcast_sync.clientconn import HandshakeRejected
+from broadcast_sync.chatlink import ChatLink
 from broadcast_sync.terminal import PROMPT, Console
 from broadcast_sync.validation import escape_controls
-
-__all__ = ["ChatClient", "HandshakeRejected", "run_client"]
-
-
-class ChatClient(simple_websocket.Client):  # type: ignore[misc]
-    """simple-websocket's client, with a few changes; the tests and tools
-    use it (the terminal client has its own connection, ``clientconn.py``).
-
-    A refused handshake raises :class:`HandshakeRejected` with the server's
-    reason; frames that arrive with the handshake's response are not left
-    waiting; a close from the server is answered (RFC 6455, section 5.5.1);
-    and :meth:`close` waits for the server's close frame before it closes
-    the socket, so that nothing sent just before is lost.
-    """
-
-    def handshake(self) -> None:
-        """Send the upgrade request and wait for the server's answer."""
-        self.sock.settimeout(HANDSHAKE_TIMEOUT)
-        self.sock.sendall(self.ws.send(Request(host=self.host, target=self.path)))
-        status = 0
-        body = b""
-        while True:
-            data = self.sock.recv(self.receive_bytes)
-            self.ws.receive_data(data or None)
-            for event in self.ws.events():
-                if isinstance(event, AcceptConnection):
-                    self.sock.settimeout(None)
-                    self.connected = True
-                    return
-                if isinstance(event, RejectConnection):
-                    status = event.status_code
-                    if not event.has_body:
-                        raise HandshakeRejected(status, "")
-                elif isinstance(event, RejectData):
-                    body += event.data
-                    if event.body_finished:
-                        raise HandshakeRejected(
-                            status, body.decode("utf-8", "replace").strip()
-                        )
-            if not data:
-                raise ConnectionError(
-                    "the server closed the connection during the handshake"
-                )
-
-    def _thread(self) -> None:
-        # Frames that came with the handshake's response are in wsproto's
-        # buffer already: simple-websocket would only see them with more data.
-        self.connected = self._handle_events()
-        super()._thread()
-
-    def _handle_events(self) -> bool:
-        keep_going: bool = super()._handle_events()
-        if self.ws.state is ConnectionState.REMOTE_CLOSING:
-            # simple-websocket answers a close only on the server side.
-            with contextlib.suppress(OSError, LocalProtocolError):
-                self.sock.sendall(self.ws.send(CloseConnection(self.close_reason)))
-        return keep_going
-
-    def close(self, reason: int | None = None, message: str | None = None) -> None:
-        """Send a close frame, wait for the server's, then close the socket."""
-        if not self.connected:
-            self.thread.join(CLOSE_TIMEOUT)  # it may be answering the server
-        else:
-            frame = self.ws.send(
-                CloseConnection(reason or CloseReason.NORMAL_CLOSURE, message)
-            )
-            with contextlib.suppress(OSError):
-                self.sock.sendall(frame)
-            # simple-websocket's thread ends when the server's close arrives.
-            self.thread.join(CLOSE_TIMEOUT)
-            if self.thread.is_alive():
-                with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_RDWR)
-                self.thread.join()
-        self.sock.close()
 
 
 def run_client(host: str, port: int, username: str) -> int:

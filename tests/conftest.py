@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import simple_websocket
 
-from broadcast_sync.client import ChatClient
 from broadcast_sync.config import ServerConfig
 from broadcast_sync.server import BroadcastServer
 from tests.redisproc import RedisProcess
+from tests.wsclient import ChatClient
 
 #: Seconds; every timeout in the tests is a multiple of it. Raise it with
 #: BROADCAST_TEST_UNIT on a slow machine.

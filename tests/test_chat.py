@@ -10,7 +10,6 @@ import simple_websocket
 from wsproto.events import CloseConnection, Pong, TextMessage
 from wsproto.frame_protocol import Opcode
 
-from broadcast_sync.client import ChatClient
 from tests.conftest import (
     UNIT,
     connect,
@@ -21,6 +20,7 @@ from tests.conftest import (
     run_server,
 )
 from tests.rawclient import RawClient, close_payload, frame, text
+from tests.wsclient import ChatClient
 
 
 def close_and_drain(ws: ChatClient) -> list[str]:

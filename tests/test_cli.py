@@ -17,9 +17,9 @@ import pytest
 
 from broadcast_sync import __version__
 from broadcast_sync.cli import build_parser, main
-from broadcast_sync.client import ChatClient
 from broadcast_sync.config import ServerConfig
 from tests.conftest import UNIT
+from tests.wsclient import ChatClient
 
 #: The repository: the Makefile, the man page, and the package.
 REPO = Path(__file__).resolve().parent.parent

@@ -27,7 +27,6 @@ from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
-from broadcast_sync.client import ChatClient
 from broadcast_sync.config import Mode
 from broadcast_sync.server import BroadcastServer
 from tests.conftest import UNIT, connect, join, receive, run_server
@@ -42,6 +41,7 @@ from tests.rawclient import (
     new_key,
     upgrade_request,
 )
+from tests.wsclient import ChatClient
 
 #: Examples per test: the module runs in about five seconds on a shared
 #: machine (a few milliseconds an example).

@@ -15,7 +15,7 @@ import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection, Event, TextMessage
 
-from broadcast_sync.client import HandshakeRejected
+from broadcast_sync.clientconn import HandshakeRejected
 from broadcast_sync.server import MAX_PENDING_HANDSHAKES, BroadcastServer
 from tests.conftest import UNIT, connect, http_exchange, join, receive, run_server
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from broadcast_sync.client import ChatClient
 from broadcast_sync.config import Mode
 from broadcast_sync.events import EventId, parse_event_id
 from broadcast_sync.server import BroadcastServer
 from tests.conftest import UNIT, http_exchange, join, receive, receive_text, run_server
 from tests.rawclient import new_key
+from tests.wsclient import ChatClient
 
 #: Messages a sender of the race test sends before it waits for their echo.
 SENDER_BURST = 20

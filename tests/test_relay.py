@@ -21,11 +21,11 @@ import simple_websocket
 from wsproto.events import CloseConnection, Ping
 from wsproto.frame_protocol import Opcode
 
-from broadcast_sync.client import ChatClient
 from broadcast_sync.config import Mode
 from broadcast_sync.server import BroadcastServer
 from tests.conftest import UNIT, connect, receive, run_concurrently, run_server
 from tests.rawclient import RawClient, continuation, frame, text
+from tests.wsclient import ChatClient
 
 #: A link that takes little, as in test_slow_clients: the server's send
 #: buffer for such a client fills after some 30 KB.

@@ -32,9 +32,9 @@ from wsproto.events import (
     TextMessage,
 )
 
-from broadcast_sync.client import ChatClient
 from broadcast_sync.server import BroadcastServer
 from tests.conftest import SERVER_THREAD_PREFIXES, UNIT, join, receive, run_server
+from tests.wsclient import ChatClient
 
 #: The directory holding the ``broadcast_sync`` package.
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 import pytest
 from wsproto.events import CloseConnection, Ping
 
-from broadcast_sync.client import ChatClient
 from tests.conftest import (
     UNIT,
     http_exchange,
@@ -26,6 +25,7 @@ from tests.conftest import (
     run_server,
 )
 from tests.rawclient import RawClient, new_key, upgrade_request
+from tests.wsclient import ChatClient
 
 #: A link that takes little: the smallest receive buffer, small segments.
 SLOW_LINK = (

@@ -10,10 +10,10 @@ import subprocess
 import sys
 import time
 
-from broadcast_sync.client import ChatClient
 from tests.conftest import UNIT, receive_text, run_concurrently
 from tests.redisproc import RedisProcess
 from tests.serverproc import REPOSITORY, ServerProcess
+from tests.wsclient import ChatClient
 
 #: Clients spread by the kernel over two workers: with this many, the chance
 #: that all land on one worker is 2 in 2**16.
