@@ -76,8 +76,12 @@ conformance: $(STAMP)
 conformance-full: $(STAMP)
 	$(BIN)/python -m tests.conformance
 
+# Both modes, one after the other: the log in memory, then in a redis-server
+# of the benchmark's own (bench-results/latest.json, latest-redis.json).
+# More options for both: make bench BENCH_OPTIONS='--repeat 3'.
 bench: $(STAMP)
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench $(BENCH_OPTIONS)
+	$(BIN)/python -m tests.bench --redis $(BENCH_OPTIONS)
 
 build: $(STAMP)
 	$(BIN)/python -m build --outdir dist .

@@ -12,6 +12,7 @@ import pytest
 
 from tests.bench import wire
 from tests.bench.loadgen import join_notice_bytes
+from tests.bench.resume import Frame, ResumeError, check_replay, sender_text
 from tests.bench.tracking import ReceiverLog, Tracker, percentile
 from tests.conftest import UNIT
 
@@ -106,6 +107,48 @@ def test_percentile_is_nearest_rank(fraction: float, expected: int) -> None:
     assert percentile(list(range(1, 101)), fraction) == expected
 
 
+def test_close_frame_carries_the_code() -> None:
+    """The generator's close frame is masked and says 1000."""
+    frame = wire.Masker(seed=2).close_frame()
+    assert unmask(frame) == (wire.CLOSE, (1000).to_bytes(2, "big"))
+
+
+def check(events: list[dict[str, Any]], messages: int) -> None:
+    """Check a replay of ``events`` after ``ab.7``: c00001 left, c00000 sent."""
+    welcome = {"type": "welcome", "user": "c00001", "resumed": True}
+    frames = [
+        Frame(wire.TEXT, json.dumps(payload).encode(), 0)
+        for payload in [welcome, *events]
+    ]
+    check_replay(
+        frames,
+        since="ab.7",
+        resumer="c00001",
+        sender="c00000",
+        round_number=3,
+        messages=messages,
+    )
+
+
+def test_check_replay_accepts_exactly_what_was_missed() -> None:
+    """The resumer's leave then the messages, ids consecutive, and nothing else."""
+    leave = {"type": "leave", "id": "ab.8", "user": "c00001"}
+    chats = [
+        {
+            "type": "message",
+            "id": f"ab.{9 + index}",
+            "user": "c00000",
+            "text": sender_text(3, index).decode(),
+        }
+        for index in range(2)
+    ]
+    check([leave, *chats], messages=2)
+    with pytest.raises(ResumeError, match="ids"):
+        check([leave, chats[1]], messages=2)
+    with pytest.raises(ResumeError, match="not those sent"):
+        check([leave, *chats], messages=3)
+
+
 def test_join_notices_add_up_whatever_the_order() -> None:
     """A room of 3 sends 3 + 2 + 1 join notices."""
     assert join_notice_bytes(3) == 6 * wire.JOIN_FRAME_BYTES
@@ -150,3 +193,41 @@ def test_quick_room_and_lone_count_every_delivery(tmp_path: Path) -> None:
     assert lone["latency"]["samples"] == 8 * 4
     assert lone["deliveries"] == 8 * 4
     assert document["summary"]["room_capacity"] in (20, None)
+    assert document["settings"]["machine"]["mode"] == "embedded"
+    assert all(row["redis_cpu_percent"] is None for row in rows.values())
+
+
+def test_quick_redis_room_and_resume_replay_exactly(tmp_path: Path) -> None:
+    """With --redis: a tiny room delivers everything, resumes replay exactly."""
+    options = ["--quick", "--redis", "--scenario", "room", "--scenario", "resume"]
+    stdout, document = run_bench(tmp_path, *options, "--sizes", "20")
+    assert document["settings"]["redis"] is True
+    assert document["settings"]["machine"]["mode"] == "redis"
+    rows = {row["scenario"]: row for row in document["scenarios"]}
+    assert set(rows) == {"room", "resume"}
+    assert "redis mode" in stdout
+    room, resume = rows["room"], rows["resume"]
+    faults = {name: room[name] for name in ("lost", "dropped", "out_of_order")}
+    assert faults == {"lost": 0, "dropped": 0, "out_of_order": 0}, room
+    assert room["deliveries"] > 0, room
+    assert room["redis_cpu_percent"] is not None, room
+    assert resume["extra"]["failed"] == 0, resume
+    assert resume["extra"]["resumes"] == 3, resume
+    assert resume["latency"]["samples"] == 3, resume
+    assert resume["extra"]["redis_cpu_ms"] >= 0, resume
+    assert resume["server_warnings"] == 0, resume
+    assert document["summary"]["resume"]["events"] == 50
+
+
+def test_workers_scenario_needs_redis(tmp_path: Path) -> None:
+    """Asking for the workers scenario without --redis is a usage error."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.bench", "--scenario", "workers"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "needs --redis" in completed.stderr

@@ -17,12 +17,19 @@ The server runs with ``--rate-limit 0 --max-clients 12000`` and with
 ``--ping-interval 3600 --pong-timeout 3600``: no ping is sent during a run,
 so the generator need not answer pings and no pong is in any measurement.
 
+With ``--redis`` every run also starts a redis-server of its own (empty,
+no persistence), pinned to the generator's core, and the server runs with
+``--redis`` on it; Redis's CPU use is measured apart from the generator's.
+``make bench`` runs both modes. The resume scenario uses blocking clients
+of its own (:mod:`tests.bench.resume`): it times one client at a time.
+
 Modules: :mod:`~tests.bench.wire` (handshake, frames, payloads),
 :mod:`~tests.bench.loadgen` (the event loop and its clients),
 :mod:`~tests.bench.pacing` (what is sent when),
 :mod:`~tests.bench.tracking` (latency and order bookkeeping),
-:mod:`~tests.bench.serverproc` (the server subprocess),
-:mod:`~tests.bench.scenarios` (room, flood, idle, lone),
+:mod:`~tests.bench.serverproc` (the server subprocess, and Redis),
+:mod:`~tests.bench.resume` (the resume scenario's clients),
+:mod:`~tests.bench.scenarios` (room, flood, idle, lone, resume, workers),
 :mod:`~tests.bench.report` (figures, table, JSON),
 :mod:`~tests.bench.cli` (the command line).
 """

@@ -1,4 +1,9 @@
-"""``python -m tests.bench``: run the scenarios, print the table and the JSON."""
+"""``python -m tests.bench``: run the scenarios, print the table and the JSON.
+
+One mode per run: the log in memory (the default), or ``--redis``, where
+each run starts its own redis-server on the generator's core. ``make bench``
+runs both, one after the other, each writing its own JSON.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +25,11 @@ from tests.bench import report
 from tests.bench.report import Figures
 from tests.bench.scenarios import QUICK, SCENARIOS, Scenario, Settings
 from tests.bench.serverproc import REPOSITORY, ServerError, choose_cpus
+from tests.redisproc import RedisError
 
+#: Where each mode writes its JSON unless told: both survive ``make bench``.
 DEFAULT_JSON = REPOSITORY / "bench-results" / "latest.json"
+DEFAULT_REDIS_JSON = REPOSITORY / "bench-results" / "latest-redis.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench",
         description=(
-            "Benchmark the broadcast server: room capacity, flood, idle scale "
-            "and lone-message latency (issue #3)."
+            "Benchmark the broadcast server: room capacity, flood, idle scale, "
+            "lone-message latency and resume (issue #3); with --redis, also "
+            "--workers 2 for correctness."
+        ),
+    )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help=(
+            "run the server with --redis on a redis-server of the benchmark's "
+            "own, pinned to the generator's core; its CPU use is reported "
+            "(default: the log in memory)"
         ),
     )
     parser.add_argument(
@@ -40,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenario",
         action="append",
         choices=list(SCENARIOS),
-        help="run only this scenario; repeat for several (default: all)",
+        help=(
+            "run only this scenario; repeat for several (default: all; "
+            "workers only with --redis)"
+        ),
     )
     parser.add_argument(
         "--sizes",
@@ -69,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json",
         type=Path,
-        default=DEFAULT_JSON,
         metavar="PATH",
-        help="where to write the JSON document (default: bench-results/latest.json)",
+        help=(
+            "where to write the JSON document (default: bench-results/latest.json, "
+            "with --redis bench-results/latest-redis.json)"
+        ),
     )
     parser.add_argument(
         "--no-pin",
@@ -84,14 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark and exit with its status."""
-    sys.exit(run(build_parser().parse_args(argv)))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.redis and "workers" in (args.scenario or ()):
+        parser.error("the workers scenario needs --redis: the workers share it")
+    sys.exit(run(args))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run what ``args`` asks; 0 when every run completed."""
     server_cpu, generator_cpu = choose_cpus(args.pin)
     settings = _settings(args, server_cpu, generator_cpu)
-    names = [name for name in SCENARIOS if name in (args.scenario or SCENARIOS)]
+    json_path = args.json or (DEFAULT_REDIS_JSON if args.redis else DEFAULT_JSON)
+    names = [
+        name
+        for name, scenario in SCENARIOS.items()
+        if name in (args.scenario or SCENARIOS)
+        and (args.redis or not scenario.needs_redis)
+    ]
     previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     affinity = os.sched_getaffinity(0)
     if generator_cpu is not None:
@@ -105,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
     except ServerError as exc:
         print(f"bench: the server failed: {exc}", file=sys.stderr)
         return 1
+    except (RedisError, RuntimeError) as exc:
+        # RuntimeError: redis-server is not installed; the message says so.
+        print(f"bench: redis-server failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("bench: interrupted; server and clients stopped.", file=sys.stderr)
         return 130
@@ -114,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous_handler)
     summary = _summary(rows, capacity, settings, time.monotonic() - started)
     machine = {
+        "mode": "redis" if args.redis else "embedded",
         "cpus": len(affinity),
         "server_cpu": server_cpu,
         "generator_cpu": generator_cpu,
@@ -125,11 +163,11 @@ def run(args: argparse.Namespace) -> int:
         summary,
         {**dataclasses.asdict(settings), "repeat": args.repeat, "machine": machine},
     )
-    report.write_json(args.json, document)
+    report.write_json(json_path, document)
     # The JSON first, so that the table ends up on screen.
     print(report.to_json(document))
     _print_report(rows, summary, machine)
-    print(f"JSON written to {args.json}")
+    print(f"JSON written to {json_path}")
     return 0
 
 
@@ -142,7 +180,11 @@ def _settings(
     args: argparse.Namespace, server_cpu: int | None, generator_cpu: int | None
 ) -> Settings:
     settings = QUICK if args.quick else Settings()
-    changes: dict[str, Any] = {"server_cpu": server_cpu, "generator_cpu": generator_cpu}
+    changes: dict[str, Any] = {
+        "server_cpu": server_cpu,
+        "generator_cpu": generator_cpu,
+        "redis": args.redis,
+    }
     if args.sizes:
         changes["room_sizes"] = tuple(args.sizes)
     if args.duration:
@@ -158,6 +200,8 @@ def _sizes_of(scenario: Scenario, settings: Settings) -> tuple[int, ...]:
         "flood": (settings.flood_receivers,),
         "idle": (settings.idle_clients,),
         "lone": (settings.lone_clients,),
+        "resume": (settings.resume_events,),
+        "workers": (settings.workers_clients,),
     }[scenario.name]
 
 
@@ -221,6 +265,25 @@ def _summary(
         lone = by_name["lone"]
         assert lone.latency is not None
         summary["lone"] = {"p50_ms": lone.latency.p50, "p99_ms": lone.latency.p99}
+    if "resume" in by_name:
+        resume = by_name["resume"]
+        summary["resume"] = {
+            "events": resume.clients,
+            "p50_ms": None if resume.latency is None else resume.latency.p50,
+            "max_ms": None if resume.latency is None else resume.latency.max,
+            **resume.extra,
+        }
+    if "workers" in by_name:
+        workers = by_name["workers"]
+        summary["workers"] = {
+            "clients": workers.clients,
+            "deliveries": workers.deliveries,
+            "lost": workers.lost,
+            "out_of_order": workers.out_of_order,
+            "dropped": workers.dropped,
+            "passed": workers.passed,
+            **{key: value for key, value in workers.extra.items() if "worker_" in key},
+        }
     return summary
 
 
@@ -233,7 +296,11 @@ def _print_report(
         if machine["server_cpu"] is not None
         else "not pinned"
     )
-    print(f"\nbroadcast-sync benchmark ({machine['cpus']} CPUs, {pinned})\n")
+    redis = ", Redis on the generator's CPU" if machine["mode"] == "redis" else ""
+    print(
+        f"\nbroadcast-sync benchmark, {machine['mode']} mode "
+        f"({machine['cpus']} CPUs, {pinned}{redis})\n"
+    )
     print(report.table(rows))
     print(report.LEGEND)
     if "room_capacity_text" in summary:
@@ -270,9 +337,41 @@ def _print_report(
             f"lone message: p50 {lone['p50_ms']:.2f} ms, p99 {lone['p99_ms']:.2f} ms "
             f"(target < {report.LONE_TARGET_MS:g} ms)"
         )
+    if "resume" in summary:
+        _print_resume(summary["resume"])
+    if "workers" in summary:
+        workers = summary["workers"]
+        spread = "/".join(
+            f"{value:.0f}"
+            for key, value in workers.items()
+            if key.startswith("worker_")
+        )
+        print(
+            f"workers: {workers['clients']} clients on 2 workers ({spread}): "
+            f"{workers['deliveries']:,} deliveries, {workers['lost']} lost, "
+            f"{workers['out_of_order']} out of order, {workers['dropped']} dropped "
+            "(correctness only: on 2 cores the generator needs the second)"
+        )
     for warning in report.warnings(rows):
         print(f"warning: {warning}")
     print(f"total time: {summary['total_seconds']:.0f} s\n")
+
+
+def _print_resume(resume: dict[str, Any]) -> None:
+    if resume["p50_ms"] is None:
+        print(f"resume: no resume succeeded ({resume['failed']:.0f} failed)")
+        return
+    redis = (
+        f", Redis {resume['redis_cpu_ms']:.1f} ms" if "redis_cpu_ms" in resume else ""
+    )
+    print(
+        f"resume of {resume['events']} events: p50 {resume['p50_ms']:.1f} ms, "
+        f"max {resume['max_ms']:.1f} ms from handshake to last event "
+        f"(target < {report.RESUME_TARGET_MS:g} ms); first replayed byte after "
+        f"{resume['first_frame_ms']:.1f} ms (101 after {resume['response_ms']:.1f} "
+        f"ms); CPU per resume: server {resume['server_cpu_ms']:.1f} ms{redis}; "
+        f"{resume['failed']:.0f} of {resume['resumes'] + resume['failed']:.0f} failed"
+    )
 
 
 def _progress(text: str) -> None:

@@ -17,8 +17,10 @@ P99_LIMIT_MS = 100.0
 LONE_TARGET_MS = 5.0
 #: Idle scale target: server memory per idle connection.
 IDLE_TARGET_KIB = 48.0
-#: Above this (the generator's CPU plus its core's interrupts) the generator
-#: may have been the bottleneck.
+#: Resume target: from the handshake to the last of 1000 replayed events.
+RESUME_TARGET_MS = 50.0
+#: Above this (the generator's CPU, Redis's, which shares its core, and the
+#: core's interrupts) the generator may have been the bottleneck.
 GENERATOR_CPU_WARNING = 80.0
 #: Above this, other processes on a pinned core made the figures unsound.
 OTHER_LOAD_WARNING = 10.0
@@ -35,6 +37,7 @@ WORST_EXTRAS: dict[str, Callable[[list[float]], float]] = {
     "not_tried": max,
     "server_killed": max,
     "notices": min,
+    "failed": max,
 }
 #: Figures that measure: over repeats, the median.
 MEDIAN_FIELDS = (
@@ -51,13 +54,18 @@ MEDIAN_FIELDS = (
 )
 #: Figures that may be missing (not pinned): over repeats, the median of those
 #: that are there.
-OPTIONAL_MEDIAN_FIELDS = ("server_core_irq_percent", "generator_core_irq_percent")
+OPTIONAL_MEDIAN_FIELDS = (
+    "server_core_irq_percent",
+    "generator_core_irq_percent",
+    "redis_cpu_percent",
+)
 #: Reference figures from the issue (other servers, same machine type).
 TARGETS = {
     "room_capacity_gorilla_go": "375-400",
     "room_capacity_target": ">= 1000",
     "idle_rss_per_client_kib_target": f"< {IDLE_TARGET_KIB:g}",
     "lone_latency_ms_target": f"p50 and p99 < {LONE_TARGET_MS:g}",
+    "resume_1000_ms_target": f"p50 < {RESUME_TARGET_MS:g}",
 }
 
 
@@ -117,6 +125,9 @@ class Figures:
     #: WARNING or ERROR lines in the server's log.
     server_warnings: int = 0
     generator_cpu_percent: float = 0.0
+    #: CPU use of the benchmark's redis-server (``--redis``), on the
+    #: generator's core; None without Redis.
+    redis_cpu_percent: float | None = None
     #: CPU time other processes took on the server's and the generator's
     #: cores (None: not pinned). More than a little makes figures unsound.
     server_core_other_percent: float | None = None
@@ -184,6 +195,7 @@ _COLUMNS = (
     ("srv irq", 7),
     ("srv MiB", 7),
     ("gen CPU", 7),
+    ("redis CPU", 9),
     ("noise", 5),
     ("verdict", 7),
 )
@@ -211,6 +223,7 @@ def _cells(figures: Figures) -> list[str]:
         _percent(figures.server_core_irq_percent),
         f"{figures.server_rss_mib:.0f}",
         f"{figures.generator_cpu_percent:.0f}%",
+        _percent(figures.redis_cpu_percent),
         _noise(figures),
         verdict,
     ]
@@ -220,9 +233,11 @@ LEGEND = """\
 deliv/s: deliveries per second measured (expected: what the load asks for);
 p50..max: send-to-receive latency at the sampled receivers; lost: deliveries
 missing at the end (all receivers); order: out of order (sampled receivers);
-drop: clients the server disconnected; srv/gen CPU: % of one core; srv irq:
-interrupt time on the server's core (loopback TCP, charged to no process);
-noise: CPU other processes took on our pinned cores (unsound above 10%).
+drop: clients the server disconnected; srv/gen/redis CPU: % of one core
+(Redis, with --redis, shares the generator's core); srv irq: interrupt time
+on the server's core (loopback TCP, charged to no process); noise: CPU
+other processes took on our pinned cores (unsound above 10%). resume: p50..max
+of the time from the handshake to the last replayed event, one per resume.
 """
 
 
@@ -267,12 +282,14 @@ def warnings(rows: Sequence[Figures]) -> list[str]:
     found = []
     for row in rows:
         interrupts = row.generator_core_irq_percent or 0.0
-        if row.generator_cpu_percent + interrupts > GENERATOR_CPU_WARNING:
+        redis = row.redis_cpu_percent or 0.0
+        busy = row.generator_cpu_percent + redis + interrupts
+        if busy > GENERATOR_CPU_WARNING:
+            redis_part = f", Redis {redis:.0f}%" if row.redis_cpu_percent else ""
             found.append(
-                f"{row.label}: the generator's core was "
-                f"{row.generator_cpu_percent + interrupts:.0f}% busy (generator "
-                f"{row.generator_cpu_percent:.0f}%, interrupts {interrupts:.0f}%); "
-                "it may have been the bottleneck"
+                f"{row.label}: the generator's core was {busy:.0f}% busy "
+                f"(generator {row.generator_cpu_percent:.0f}%{redis_part}, "
+                f"interrupts {interrupts:.0f}%); it may have been the bottleneck"
             )
         if row.generator_lag_ms > GENERATOR_LAG_WARNING_MS:
             found.append(
@@ -292,6 +309,10 @@ def warnings(rows: Sequence[Figures]) -> list[str]:
                     f"{row.label}: other processes took {other:.0f}% of the "
                     f"{role}'s core; this machine was busy, figures are unsound"
                 )
+        if row.extra.get("failed"):
+            found.append(
+                f"{row.label}: {row.extra['failed']:.0f} resumes failed (see above)"
+            )
         if row.unexpected:
             found.append(f"{row.label}: {row.unexpected} frames not understood")
         if row.server_warnings:

@@ -1,8 +1,9 @@
-"""The scenarios of issue #3: room, flood, idle scale and lone message.
+"""The scenarios of issue #3: room, flood, idle scale, lone message, resume.
 
-Each run starts a fresh server, connects its clients, waits until every
-join notice has arrived (so byte counts start from a known point), then
-measures, and always stops the server and closes every socket.
+Each run starts a fresh server (with ``--redis``, on a fresh redis-server of
+its own), connects its clients, waits until every join notice has arrived
+(so byte counts start from a known point), then measures, and always stops
+the server and Redis and closes every socket.
 
 - **room C**: C clients, each sending one message per second, phases spread
   evenly: C² deliveries/s expected. Passes when p99 latency is under
@@ -15,12 +16,24 @@ measures, and always stops the server and closes every socket.
   a time budget; what did not happen within it is reported as such.
 - **lone**: a few clients on an idle server, one message at a time, 100 to
   200 ms apart: median and p99 latency.
+- **resume N**: a JSON client notes the id of its last event and leaves;
+  another client sends N messages; the first comes back with ``since=ID``.
+  Measured: from sending the handshake to receiving the last replayed
+  event (target: under 50 ms for 1000), and the server's part of it. Each
+  run resumes several times; the figures are over all resumes.
+- **workers C** (``--redis`` only): a room of C clients on ``--workers 2``,
+  spread by the kernel over the two processes; correctness only (nothing
+  lost, out of order or dropped): on a 2-core machine the generator needs
+  the second core, so no speed-up can be shown.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
+import statistics
+import sys
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 
@@ -36,10 +49,23 @@ from tests.bench.report import (
     IDLE_TARGET_KIB,
     LONE_TARGET_MS,
     P99_LIMIT_MS,
+    RESUME_TARGET_MS,
     Figures,
     Latency,
 )
-from tests.bench.serverproc import ServerProcess, core_times
+from tests.bench.resume import (
+    BlockingClient,
+    Replay,
+    ResumeError,
+    check_replay,
+    sender_text,
+)
+from tests.bench.serverproc import (
+    ServerProcess,
+    core_times,
+    redis_for_bench,
+    run_time_ns,
+)
 from tests.bench.tracking import percentile
 
 HOST = "127.0.0.1"
@@ -52,6 +78,9 @@ FLOOD_SAMPLED_RECEIVERS = 4
 CONNECT_TIMEOUT = 60.0
 #: Seconds for every join notice to arrive: the server sends N²/2 of them.
 SETTLE_TIMEOUT = 60.0
+#: Once the join notices expected have come, more may still be on their way
+#: (see :func:`settle`): the room has settled when none came for this long.
+SETTLE_QUIET_SECONDS = 0.2
 #: After the last message is sent, how long the ones in flight may take;
 #: the wait ends as soon as everything has arrived.
 GRACE_SECONDS = 2.0
@@ -61,6 +90,11 @@ START_DELAY_NS = 20_000_000
 ROOM_PERIOD_NS = 1_000_000_000
 #: What the server's log says when something went wrong.
 LOG_ALARMS = (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")
+#: Worker processes of the workers scenario: one per core of a 2-core box.
+WORKERS = 2
+#: The workers scenario's log says which worker took each client: with
+#: workers, each line names its process ("worker 1").
+WORKER_JOINED = re.compile(r" INFO worker (\d+) \S+: \S+ \(.*\) joined; ")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +117,15 @@ class Settings:
     lone_clients: int = 4
     lone_messages: int = 40
     lone_gap_ms: tuple[int, int] = (100, 200)
+    #: Events a resuming client missed, and resumes per run.
+    resume_events: int = 1000
+    resume_rounds: int = 10
+    #: Clients of the workers scenario: enough that both workers get many.
+    workers_clients: int = 200
+    #: Run the server with ``--redis`` on a redis-server of the benchmark's.
+    redis: bool = False
     #: The CPUs the server and the generator are pinned to, if they are.
+    #: Redis, with ``redis``, runs on the generator's.
     server_cpu: int | None = None
     generator_cpu: int | None = None
 
@@ -95,6 +137,9 @@ QUICK = Settings(
     flood_receivers=10,
     idle_clients=200,
     lone_messages=8,
+    resume_events=50,
+    resume_rounds=3,
+    workers_clients=20,
 )
 
 
@@ -106,6 +151,8 @@ class Snapshot:
     server_user: float
     server_system: float
     generator_cpu: float
+    #: Redis's CPU seconds, with ``--redis``.
+    redis_cpu: float | None
     received: int
     #: Task and interrupt seconds of the server's and the generator's
     #: cores, when they are pinned.
@@ -123,6 +170,7 @@ class Snapshot:
             server_user=user,
             server_system=system,
             generator_cpu=cpu_seconds(),
+            redis_cpu=server.redis_cpu_seconds(),
             received=sum(client.received for client in receivers),
             server_core=_core_busy(settings.server_cpu),
             generator_core=_core_busy(settings.generator_cpu),
@@ -146,14 +194,19 @@ def measure_window(figures: Figures, start: Snapshot, end: Snapshot) -> None:
     figures.generator_cpu_percent = (
         (end.generator_cpu - start.generator_cpu) / seconds * 100
     )
+    redis_percent = 0.0
+    if end.redis_cpu is not None and start.redis_cpu is not None:
+        redis_percent = (end.redis_cpu - start.redis_cpu) / seconds * 100
+        figures.redis_cpu_percent = redis_percent
     if end.server_core is not None and start.server_core is not None:
         tasks, interrupts = _percents(start.server_core, end.server_core, seconds)
         figures.server_core_other_percent = max(tasks - figures.server_cpu_percent, 0)
         figures.server_core_irq_percent = interrupts
     if end.generator_core is not None and start.generator_core is not None:
         tasks, interrupts = _percents(start.generator_core, end.generator_core, seconds)
+        # Redis runs there, on purpose: it is ours, not other people's load.
         figures.generator_core_other_percent = max(
-            tasks - figures.generator_cpu_percent, 0
+            tasks - figures.generator_cpu_percent - redis_percent, 0
         )
         figures.generator_core_irq_percent = interrupts
 
@@ -168,18 +221,30 @@ def _percents(
 
 
 @contextlib.contextmanager
-def serving(settings: Settings) -> Iterator[tuple[ServerProcess, LoadGenerator]]:
+def serving(
+    settings: Settings, options: Sequence[str] = ()
+) -> Iterator[tuple[ServerProcess, LoadGenerator]]:
     """A fresh server and a generator connected to nothing yet.
+
+    With ``settings.redis``, a fresh redis-server first, pinned to the
+    generator's core, and the server runs with ``--redis`` on it.
+    ``options`` are more server options.
 
     On the way out, the server is asked to stop while the generator keeps
     reading, so that each client sees its close frame and end of stream
     and closes; then every socket is closed and the server is reaped
-    (killed if it has not exited in time).
+    (killed if it has not exited in time); then Redis is stopped.
     """
-    with (
-        ServerProcess(settings.server_cpu) as server,
-        LoadGenerator(HOST, server.port) as generator,
-    ):
+    with contextlib.ExitStack() as stack:
+        redis = (
+            stack.enter_context(redis_for_bench(settings.generator_cpu))
+            if settings.redis
+            else None
+        )
+        server = stack.enter_context(
+            ServerProcess(settings.server_cpu, redis=redis, options=options)
+        )
+        generator = stack.enter_context(LoadGenerator(HOST, server.port))
         try:
             yield server, generator
         finally:
@@ -201,12 +266,26 @@ def settle(
 
     Then take the byte counts as the baseline (:meth:`LoadGenerator.mark`).
 
+    Each member gets its own join notice and those of the members whose
+    joins the server logged after it added the member: at least the
+    notices counted by :func:`join_notice_bytes`, and a few more when
+    handshakes overlap (two clients added before either join is read back,
+    as with Redis, where a join comes back from Redis a round trip later).
+    Those must not be counted as chat messages: the baseline is taken once
+    no bytes have come for :data:`SETTLE_QUIET_SECONDS`.
+
     Returns:
         The fraction of the join notices' bytes received: 1.0 when all came.
     """
     expected = join_notice_bytes(members)
     deadline = time.monotonic_ns() + int(timeout * 1e9)
     generator.run(deadline, done=lambda: generator.total_received >= expected)
+    quiet_ns = int(SETTLE_QUIET_SECONDS * 1e9)
+    while time.monotonic_ns() < deadline:
+        before = generator.total_received
+        generator.run(min(time.monotonic_ns() + quiet_ns, deadline))
+        if generator.total_received == before:
+            break
     generator.mark()
     return min(generator.total_received / expected, 1.0) if expected else 1.0
 
@@ -458,6 +537,167 @@ def judge_lone(figures: Figures) -> bool:
     )
 
 
+# Resume
+
+
+def run_resume(settings: Settings, events: int) -> Figures:
+    """A JSON client misses ``events`` messages and resumes, several times.
+
+    The server keeps twice ``events``: the resumer's own leave is logged
+    too and comes first in its replay, so ``events`` would not be enough;
+    the rest is a margin, so that the scenario measures replays rather than
+    the edge of the history.
+    """
+    figures = Figures("resume", events)
+    options = ("--history-size", str(2 * events))
+    with serving(settings, options) as (server, _):
+        start = Snapshot.take(settings, server, [])
+        replays = []
+        masker = wire.Masker()
+        sender_name = wire.client_name(0)
+        with BlockingClient(HOST, server.port, sender_name, "", masker) as sender:
+            sender.receive_until(_join_notice(sender_name))
+            for round_number in range(settings.resume_rounds):
+                try:
+                    replays.append(
+                        _resume_once(server, sender, masker, round_number, events)
+                    )
+                except (ResumeError, OSError) as exc:
+                    print(f"resume: round {round_number}: {exc}", file=sys.stderr)
+                    figures.extra["failed"] = figures.extra.get("failed", 0) + 1
+            sender.close()
+        measure_window(figures, start, Snapshot.take(settings, server, []))
+        finish(figures, server)
+    after_stop(figures, server)
+    figures.extra.setdefault("failed", 0)
+    figures.extra["resumes"] = len(replays)
+    figures.latency = Latency.from_ns([int(r.last_event_ms * 1e6) for r in replays])
+    if replays:
+        figures.extra.update(
+            response_ms=statistics.median(r.response_ms for r in replays),
+            first_frame_ms=statistics.median(r.first_frame_ms for r in replays),
+            server_cpu_ms=statistics.median(r.server_cpu_ms for r in replays),
+        )
+        redis_cpu = [r.redis_cpu_ms for r in replays if r.redis_cpu_ms is not None]
+        if redis_cpu:
+            figures.extra["redis_cpu_ms"] = statistics.median(redis_cpu)
+    figures.passed = judge_resume(figures)
+    return figures
+
+
+def _resume_once(
+    server: ServerProcess,
+    sender: BlockingClient,
+    masker: wire.Masker,
+    round_number: int,
+    events: int,
+) -> Replay:
+    """One resume after ``events`` messages; its timings, checked."""
+    name = wire.client_name(1)
+    with BlockingClient(HOST, server.port, name, "&format=json", masker) as first:
+        user = first.receive(1)[0].json()["user"]
+        for frame in first.frames():
+            event = frame.json()
+            if (event.get("type"), event.get("user")) == ("join", user):
+                since = str(event["id"])
+                break
+        else:
+            raise ResumeError("closed before the resumer's own join")
+        first.close()
+    sender.receive_until(_leave_notice(user))
+    sender.send_texts([sender_text(round_number, index) for index in range(events)])
+    last = f"{sender.name}: ".encode() + sender_text(round_number, events - 1)
+    sender.receive_until(last)
+    cpu_before = run_time_ns(server.pid)
+    redis_before = None if server.redis is None else run_time_ns(server.redis.pid)
+    query = f"&format=json&since={since}"
+    with BlockingClient(HOST, server.port, name, query, masker) as again:
+        # The welcome, the resumer's leave, then the messages.
+        frames = again.receive(2 + events)
+        cpu_ns = run_time_ns(server.pid) - cpu_before
+        redis_ns = (
+            None
+            if server.redis is None or redis_before is None
+            else run_time_ns(server.redis.pid) - redis_before
+        )
+        check_replay(
+            frames,
+            since=since,
+            resumer=user,
+            sender=sender.name,
+            round_number=round_number,
+            messages=events,
+        )
+        again.close()
+    return Replay(
+        response_ms=(again.response_ns - again.sent_ns) / 1e6,
+        first_frame_ms=(frames[0].received_ns - again.sent_ns) / 1e6,
+        last_event_ms=(frames[-1].received_ns - again.sent_ns) / 1e6,
+        server_cpu_ms=cpu_ns / 1e6,
+        redis_cpu_ms=None if redis_ns is None else redis_ns / 1e6,
+    )
+
+
+def _join_notice(name: str) -> bytes:
+    return f"Server: {name} has joined the chat".encode()
+
+
+def _leave_notice(name: str) -> bytes:
+    return f"Server: {name} has left the chat".encode()
+
+
+def judge_resume(figures: Figures) -> bool:
+    """Every resume replayed exactly what was missed; median under 50 ms."""
+    return (
+        figures.latency is not None
+        and figures.latency.p50 < RESUME_TARGET_MS
+        and figures.extra.get("failed") == 0
+        and figures.server_warnings == 0
+    )
+
+
+# Workers
+
+
+def run_workers(settings: Settings, clients: int) -> Figures:
+    """A room of ``clients`` on two workers sharing Redis: nothing lost."""
+    if not settings.redis:
+        raise ValueError("the workers scenario needs --redis")
+    figures = Figures(
+        "workers", clients, expected_per_s=clients * clients * 1e9 / ROOM_PERIOD_NS
+    )
+    # Info, for the log lines that say which worker took which client.
+    options = ("--workers", str(WORKERS), "--log-level", "info")
+    with serving(settings, options) as (server, generator):
+        sampled = spread(clients, SAMPLED_RECEIVERS)
+        connect_and_settle(figures, generator, clients, sampled)
+        drops_before = len(generator.dropped)
+        members = list(generator.open_clients())
+        start_ns = time.monotonic_ns() + START_DELAY_NS
+        pacer = RoomPacer(generator, members, start_ns, ROOM_PERIOD_NS)
+        _measure(settings, figures, server, generator, pacer, receivers=members)
+        wait_for_delivery(generator, members, pacer.sent)
+        count_faults(figures, generator, members, pacer.sent, drops_before)
+        finish(figures, server)
+    after_stop(figures, server)
+    for number in range(1, WORKERS + 1):
+        figures.extra[f"worker_{number}_clients"] = 0
+    for line in server.log_lines():
+        joined = WORKER_JOINED.search(line)
+        if joined:
+            figures.extra[f"worker_{joined[1]}_clients"] += 1
+    figures.passed = judge_workers(figures)
+    return figures
+
+
+def judge_workers(figures: Figures) -> bool:
+    """All well, and each worker had clients: correctness, not speed."""
+    return all_well(figures) and all(
+        figures.extra.get(f"worker_{number}_clients", 0) > 0
+        for number in range(1, WORKERS + 1)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     """A scenario: how to run it at one size and how to judge its figures."""
@@ -465,6 +705,8 @@ class Scenario:
     name: str
     run: Callable[[Settings, int], Figures]
     judge: Callable[[Figures], bool]
+    #: Only with ``--redis``: it needs Redis.
+    needs_redis: bool = False
 
 
 SCENARIOS = {
@@ -474,5 +716,7 @@ SCENARIOS = {
         Scenario("flood", run_flood, judge_flood),
         Scenario("idle", run_idle, judge_idle),
         Scenario("lone", run_lone, judge_lone),
+        Scenario("resume", run_resume, judge_resume),
+        Scenario("workers", run_workers, judge_workers, needs_redis=True),
     )
 }

@@ -1,20 +1,24 @@
-"""The server under test, as a subprocess pinned to its own core.
+"""The server under test, as a subprocess pinned to its own core; and Redis.
 
 The server runs as ``python -m broadcast_sync start`` from the working copy,
 exactly as a user starts it, with the options that keep the measurement
 about broadcasting: no rate limit, room for 10,000 idle clients, and pings
 once an hour so that no pong is ever due during a run. Starting and
 stopping it is :mod:`tests.serverproc`'s work; this module adds what the
-measurement reads from ``/proc``.
+measurement reads from ``/proc``, and the benchmark's own ``redis-server``
+(:func:`redis_for_bench`) for ``--redis``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tests import serverproc
+from tests.redisproc import RedisProcess
 from tests.serverproc import REPOSITORY, ServerError
 
 __all__ = [
@@ -25,11 +29,17 @@ __all__ = [
     "ServerProcess",
     "choose_cpus",
     "core_times",
+    "pin_process",
+    "process_cpu_seconds",
+    "redis_for_bench",
+    "run_time_ns",
 ]
 
-#: A graceful stop takes well under a second once the clients close (they
-#: do on the close frame); a server still busy after this is killed.
-STOP_TIMEOUT_SECONDS = 6.0
+#: A graceful stop takes well under a second with a room of clients, which
+#: close on the close frame; with the idle scenario's 10,000, 8 to 10 s
+#: (8.6 s in memory, 10.1 s with Redis, where each leave is one script
+#: call; 2026-11-26). A server still busy after this is killed.
+STOP_TIMEOUT_SECONDS = 15.0
 #: Options of every run. Chat mode: ``NAME: MESSAGE`` and join notices, which
 #: the byte counts rely on. Pings every hour keep pongs out of the
 #: measurement; no rate limit, since the load is the point; room for the idle
@@ -52,6 +62,9 @@ SERVER_OPTIONS = (
     "--pong-timeout",
     "3600",
 )
+#: An empty Redis starts in milliseconds; this allows a loaded machine.
+REDIS_START_SECONDS = 10.0
+REDIS_STOP_SECONDS = 5.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -82,18 +95,113 @@ def choose_cpus(pin: bool) -> tuple[int | None, int | None]:
     return cpus[0], cpus[1]
 
 
-class ServerProcess(serverproc.ServerProcess):
-    """One benchmark server, optionally pinned to ``cpu``: start, measure, stop."""
+def process_cpu_seconds(pid: int) -> tuple[float, float]:
+    """``(user, system)`` CPU seconds of process ``pid`` so far, all threads.
 
-    def __init__(self, cpu: int | None = None) -> None:
-        super().__init__(SERVER_OPTIONS, cpu=cpu, stop_timeout=STOP_TIMEOUT_SECONDS)
+    From ``/proc/PID/stat`` (utime and stime): clock ticks, so a hundredth
+    of a second at best; fine over a scenario of seconds.
+    """
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the command name, which may contain spaces.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def run_time_ns(pid: int) -> int:
+    """Nanoseconds on a CPU of the live threads of process ``pid``.
+
+    From each thread's ``schedstat``: precise enough for a single resume
+    (milliseconds), where ``/proc/PID/stat`` counts in clock ticks. Threads
+    that ended are no longer counted, so only compare two readings between
+    which no thread of interest ended.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def pin_process(pid: int, cpu: int) -> None:
+    """Pin every thread of ``pid`` to ``cpu``, as ``taskset -a -c CPU -p PID``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), {cpu})
+
+
+def _children(pid: int) -> list[int]:
+    """The ids of ``pid``'s child processes."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+@contextlib.contextmanager
+def redis_for_bench(cpu: int | None) -> Iterator[RedisProcess]:
+    """A fresh, empty ``redis-server`` of the benchmark's own, on ``cpu``.
+
+    It runs on the generator's core: the server keeps its core to itself,
+    and Redis's CPU use is measured and shown apart (``redis CPU``). Always
+    stopped on the way out.
+
+    Raises:
+        RuntimeError: ``redis-server`` is not installed.
+        tests.redisproc.RedisError: it did not start.
+    """
+    with RedisProcess(
+        start_timeout=REDIS_START_SECONDS, stop_timeout=REDIS_STOP_SECONDS
+    ) as redis:
+        if cpu is not None:
+            pin_process(redis.pid, cpu)
+        yield redis
+
+
+class ServerProcess(serverproc.ServerProcess):
+    """One benchmark server, optionally pinned to ``cpu``: start, measure, stop.
+
+    Args:
+        cpu: Pin the server (and its workers, which inherit it) to this CPU.
+        redis: Run the server with ``--redis`` on this Redis, and measure it.
+        options: Options after :data:`SERVER_OPTIONS`, which they override.
+    """
+
+    def __init__(
+        self,
+        cpu: int | None = None,
+        *,
+        redis: RedisProcess | None = None,
+        options: Sequence[str] = (),
+    ) -> None:
+        redis_options = () if redis is None else ("--redis", redis.url)
+        super().__init__(
+            (*SERVER_OPTIONS, *redis_options, *options),
+            cpu=cpu,
+            stop_timeout=STOP_TIMEOUT_SECONDS,
+        )
+        #: The Redis the server uses, if any: not owned, only measured.
+        self.redis = redis
 
     def cpu_times(self) -> tuple[float, float]:
-        """``(user, system)`` CPU seconds used so far, all threads."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        # Fields after the command name, which may contain spaces.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+        """``(user, system)`` CPU seconds used so far, all threads.
+
+        With ``--workers``, those of the workers too (the parent's children).
+        """
+        user, system = process_cpu_seconds(self.pid)
+        for child in _children(self.pid):
+            with contextlib.suppress(OSError):  # it ended meanwhile
+                child_user, child_system = process_cpu_seconds(child)
+                user += child_user
+                system += child_system
+        return user, system
+
+    def redis_cpu_seconds(self) -> float | None:
+        """Redis's CPU seconds so far, user and system; None without Redis."""
+        if self.redis is None:
+            return None
+        user, system = process_cpu_seconds(self.redis.pid)
+        return user + system
 
     def rss_bytes(self) -> int:
         """Resident set size (VmRSS)."""

@@ -41,6 +41,8 @@ HEAD_END = b"\r\n\r\n"
 TEXT = 0x1
 CLOSE = 0x8
 PING = 0x9
+#: RFC 6455, section 7.4.1: the purpose of the connection is fulfilled.
+NORMAL_CLOSURE = 1000
 
 
 def client_name(index: int) -> str:
@@ -59,11 +61,14 @@ class Handshake:
     accept: bytes
 
     @classmethod
-    def for_client(cls, host: str, port: int, name: str) -> Handshake:
-        """The upgrade request of client ``name`` (no Origin: not a browser)."""
+    def for_client(cls, host: str, port: int, name: str, query: str = "") -> Handshake:
+        """The upgrade request of client ``name`` (no Origin: not a browser).
+
+        ``query`` is appended to the query string, such as ``&format=json``.
+        """
         key = base64.b64encode(os.urandom(16))
         request = (
-            f"GET /ws?username={name} HTTP/1.1\r\n"
+            f"GET /ws?username={name}{query} HTTP/1.1\r\n"
             f"Host: {host}:{port}\r\n"
             "Upgrade: websocket\r\n"
             "Connection: Upgrade\r\n"
@@ -106,6 +111,14 @@ class Masker:
 
     def text_frame(self, payload: bytes) -> bytes:
         """A final, masked text frame carrying ``payload`` (under 126 bytes)."""
+        return self.frame(TEXT, payload)
+
+    def close_frame(self, code: int = NORMAL_CLOSURE) -> bytes:
+        """A masked close frame with ``code`` and no reason."""
+        return self.frame(CLOSE, code.to_bytes(2, "big"))
+
+    def frame(self, opcode: int, payload: bytes) -> bytes:
+        """A final, masked frame of ``opcode`` carrying ``payload`` (< 126 bytes)."""
         length = len(payload)
         if length > 125:
             raise ValueError("the generator only sends frames under 126 bytes")
@@ -113,7 +126,7 @@ class Masker:
         mask = (key * (length // 4 + 1))[:length]
         masked = int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")
         return (
-            bytes((0x80 | TEXT, 0x80 | length)) + key + masked.to_bytes(length, "big")
+            bytes((0x80 | opcode, 0x80 | length)) + key + masked.to_bytes(length, "big")
         )
 
 
