@@ -7,6 +7,7 @@ from http import HTTPStatus
 
 import h11
 import pytest
+from wsproto.frame_protocol import FrameProtocol
 
 from broadcast_sync.frames import encode_close, encode_message
 from broadcast_sync.handshake import (
@@ -589,3 +590,15 @@ def test_encode_close_truncates_long_reason_on_a_character() -> None:
 def test_encode_message(data: str | bytes, expected: bytes) -> None:
     """Text and binary messages are single unmasked frames with their length."""
     assert encode_message(data) == expected
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+@pytest.mark.parametrize("kind", [str, bytes])
+def test_encode_message_matches_wsproto(length: int, kind: type) -> None:
+    """The hand-built data frames are byte for byte wsproto's, at every
+    boundary of the length field."""
+    data: str | bytes = "é" * (length // 2) + "x" * (length % 2)
+    if kind is bytes:
+        data = b"\xff" * length
+    wsproto_frame = FrameProtocol(client=False, extensions=[]).send_data(data, True)
+    assert encode_message(data) == bytes(wsproto_frame)
