@@ -135,17 +135,21 @@ class Supervisor:
         """
         signal.signal(signal.SIGINT, self._request_stop)
         signal.signal(signal.SIGTERM, self._request_stop)
-        with self._reserve_port() as placeholder:
-            config = dataclasses.replace(
-                self._config, port=placeholder.getsockname()[1]
-            )
-            self._config = config
-            for number in range(1, config.workers + 1):
-                self._workers.append(self._spawn(number))
-            self._wait_all_ready()
-            ready(config.port)
-            self._supervise()
-        return self._stop_all()
+        try:
+            with self._reserve_port() as placeholder:
+                config = dataclasses.replace(
+                    self._config, port=placeholder.getsockname()[1]
+                )
+                self._config = config
+                for number in range(1, config.workers + 1):
+                    self._workers.append(self._spawn(number))
+                self._wait_all_ready()
+                ready(config.port)
+                self._supervise()
+            return self._stop_all()
+        finally:
+            os.close(self._wake_read)
+            os.close(self._wake_write)
 
     def _reserve_port(self) -> socket.socket:
         """A socket bound to the port (not listening: it takes no
@@ -227,7 +231,8 @@ class Supervisor:
 
     def _request_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
-        with contextlib.suppress(BlockingIOError):  # the loop is awake already
+        # The pipe is full (the loop is awake already) or closed (it is over).
+        with contextlib.suppress(OSError):
             os.write(self._wake_write, b"\0")
 
     def _stop_all(self) -> int:
