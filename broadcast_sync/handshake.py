@@ -28,6 +28,9 @@ WEBSOCKET_PATH = "/ws"
 ACCEPT_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: The only protocol version (RFC 6455, section 4.1).
 WEBSOCKET_VERSION = "13"
+#: The query parameters the server reads; each may be given once. Others
+#: are ignored, as a proxy or a page may add their own.
+QUERY_PARAMETERS = ("username", "format", "history", "since")
 #: A real handshake is a few hundred bytes; this leaves room for cookies.
 MAX_REQUEST_BYTES = 8192
 #: Bytes read at a time while waiting for the request.
@@ -250,8 +253,8 @@ def _query_parameters(query: str) -> dict[str, str]:
         )
     except UnicodeDecodeError as exc:
         raise _bad_request("the query string is not valid UTF-8") from exc
-    for name, values in parameters.items():
-        if len(values) > 1:
+    for name in QUERY_PARAMETERS:
+        if len(parameters.get(name, ())) > 1:
             raise _bad_request(f"{name} given more than once")
     return {name: values[0] for name, values in parameters.items()}
 

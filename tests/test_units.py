@@ -322,6 +322,13 @@ def make_request(
     )
 
 
+def test_other_query_parameters_are_ignored_even_twice() -> None:
+    """Parameters the server does not read may come more than once (a proxy
+    or a page may add them); only its own must be unique."""
+    request = parse_request(make_request("/ws?x=1&username=bob&x=2"))
+    assert request.username == "bob"
+
+
 def test_parse_request_reads_the_parts() -> None:
     """A valid upgrade yields its key, host, origin and username."""
     request = make_request(headers={"Origin": "http://chat.example:8080"})
