@@ -564,25 +564,20 @@ class RedisLog:
                 some before this node noticed. At start, nothing before the
                 newest event concerns this node.
         """
+        # A new log is read from its first event: no history to take.
+        history_size = 0 if lost else self._history_size
         epoch, offset, online, newest = self._snapshot_script(
             keys=[self._meta, self._stream, self._online],
-            args=[new_epoch(), self._history_size],
+            args=[new_epoch(), history_size],
         )
         self._epoch = epoch.decode()
-        head = int(offset or 0)
-        if lost:
-            # From the new log's first event, with the users who are back.
-            snapshot = Snapshot(
-                self._epoch, 0, frozenset(name.decode() for name in online)
-            )
-        else:
-            history = [_logged(entry_id, _fields(flat)) for entry_id, flat in newest]
-            snapshot = Snapshot(
-                self._epoch,
-                head,
-                frozenset(name.decode() for name in online),
-                history[::-1],
-            )
+        history = [_logged(entry_id, _fields(flat)) for entry_id, flat in newest]
+        snapshot = Snapshot(
+            self._epoch,
+            0 if lost else int(offset or 0),
+            frozenset(name.decode() for name in online),
+            history[::-1],
+        )
         self._cursor = snapshot.offset
         assert self._subscriber is not None
         self._subscriber.restart(snapshot)

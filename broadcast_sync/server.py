@@ -32,6 +32,7 @@ from broadcast_sync.heartbeat import Heartbeat
 from broadcast_sync.hub import Hub, Member
 from broadcast_sync.log import EventLog, LogUnavailable, MemoryLog
 from broadcast_sync.names import RoomFull
+from broadcast_sync.redislog import RedisLog
 from broadcast_sync.session import Session
 from broadcast_sync.validation import InvalidUsername, clean_username
 
@@ -63,8 +64,6 @@ def make_log(config: ServerConfig) -> EventLog:
     """The log that ``config`` asks for: in Redis, or in memory."""
     if config.redis_url is None:
         return MemoryLog(config.max_clients, config.max_username_chars)
-    from broadcast_sync.redislog import RedisLog  # noqa: PLC0415 (needs redis)
-
     return RedisLog(config)
 
 
