@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -120,6 +121,22 @@ def join_all(server: BroadcastServer, names: Sequence[str]) -> list[ChatClient]:
             assert receive_text(client) == f"Server: {name} has joined the chat"
         clients.append(newcomer)
     return clients
+
+
+#: How often wait_until polls: for state that announces no change of its own
+#: (a log file, Redis, /proc).
+POLL_SECONDS = 0.02
+
+
+def wait_until(
+    condition: Callable[[], bool], what: str, timeout: float = 5 * UNIT
+) -> None:
+    """Poll ``condition`` until it holds; fail, saying ``what``, after
+    ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} within {timeout:g} s"
+        time.sleep(POLL_SECONDS)
 
 
 def run_concurrently(tasks: Sequence[Callable[[], None]]) -> None:

@@ -47,7 +47,7 @@ from broadcast_sync.clientproto import (
 )
 from broadcast_sync.config import Mode, ServerConfig
 from broadcast_sync.server import BroadcastServer
-from tests.conftest import UNIT, connect, join, receive, run_server
+from tests.conftest import UNIT, connect, join, receive, run_server, wait_until
 from tests.serverproc import ServerProcess
 
 #: Where ``python -m broadcast_sync`` finds the package.
@@ -390,14 +390,6 @@ def wait_until_joining(pid: int) -> None:
     while syscall.read_text().split()[0] not in FUTEX_SYSCALLS:
         assert time.monotonic() < deadline, "the client never finished its input"
         time.sleep(0.001)
-
-
-def wait_for_log(caplog: pytest.LogCaptureFixture, text: str) -> None:
-    """Wait until the server has logged a line containing ``text``."""
-    deadline = time.monotonic() + PROCESS_TIMEOUT
-    while not any(text in record.getMessage() for record in caplog.records):
-        assert time.monotonic() < deadline, f"never logged: {text}"
-        time.sleep(0.01)
 
 
 @contextlib.contextmanager
@@ -1300,7 +1292,14 @@ def test_a_full_server_is_retried_while_reconnecting(
             assert client.read_line().startswith("connection lost (1001")
             with server_on(port, max_clients=1) as second:
                 occupant = join(second, "occupant")
-                wait_for_log(caplog, ": 503 the server is full")
+                wait_until(
+                    lambda: any(
+                        ": 503 the server is full" in record.getMessage()
+                        for record in caplog.records
+                    ),
+                    "refused as full",
+                    PROCESS_TIMEOUT,
+                )
                 occupant.close()
                 assert client.read_line() == NOT_RESUMED
                 assert client.read_line() == "Server: bot has joined the chat"

@@ -28,7 +28,13 @@ from broadcast_sync.clientconn import HandshakeRejected
 from broadcast_sync.dispatcher import EPOCH_CHANGED
 from broadcast_sync.events import LoggedEvent
 from broadcast_sync.server import BroadcastServer
-from tests.conftest import UNIT, receive_text, run_concurrently, run_server
+from tests.conftest import (
+    UNIT,
+    receive_text,
+    run_concurrently,
+    run_server,
+    wait_until,
+)
 from tests.redisproc import RedisProcess
 from tests.serverproc import REPOSITORY, ServerProcess
 from tests.wsclient import ChatClient
@@ -169,14 +175,6 @@ def epoch(event_id: str) -> str:
     return event_id.rpartition(".")[0]
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not {what} within {timeout:g} s"
-        time.sleep(0.05)
-
-
 def redis_log_count(caplog: pytest.LogCaptureFixture, text: str) -> int:
     """How many records of the Redis log contain ``text``."""
     return sum(
@@ -188,7 +186,7 @@ def redis_log_count(caplog: pytest.LogCaptureFixture, text: str) -> int:
 
 def wait_until_back(caplog: pytest.LogCaptureFixture, nodes: int) -> None:
     """Wait until ``nodes`` nodes logged that Redis is back."""
-    wait_for(
+    wait_until(
         lambda: redis_log_count(caplog, BACK_LOG) >= nodes,
         f"{nodes} nodes back",
         10 * UNIT,
@@ -508,7 +506,7 @@ def test_partitioned_node_catches_up(
 
         redis_server.command("ACL", "SETUSER", "a", "off")
         redis_server.command("CLIENT", "KILL", "USER", "a")
-        wait_for(lambda: redis_log_count(caplog, LOST_LOG) == 1, "cut off", 5 * UNIT)
+        wait_until(lambda: redis_log_count(caplog, LOST_LOG) == 1, "cut off", 5 * UNIT)
         alice.say("cut off", outcomes)
         assert rejected_status(a.port, "newcomer") == 503
         for number in range(10):
@@ -752,7 +750,7 @@ def test_resume_racing_with_traffic(redis_server: RedisProcess) -> None:
                     seen.extend(json.loads(text)["id"] for text in drain(watcher))
                     return len(seen) > back
 
-                wait_for(caught_up, "enough traffic", 5 * UNIT)
+                wait_until(caught_up, "enough traffic", 5 * UNIT)
                 since = seen[-1 - back]
                 ws = open_client(
                     nodes[1].port, username="r", format="json", since=since

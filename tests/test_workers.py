@@ -8,9 +8,8 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
-from tests.conftest import UNIT, receive_text, run_concurrently
+from tests.conftest import UNIT, receive_text, run_concurrently, wait_until
 from tests.redisproc import RedisProcess
 from tests.serverproc import REPOSITORY, ServerProcess
 from tests.wsclient import ChatClient
@@ -39,13 +38,12 @@ def connect_to(port: int, name: str) -> ChatClient:
 
 def wait_for_log(server: ServerProcess, pattern: str, count: int = 1) -> list[str]:
     """The log lines matching ``pattern``, once there are ``count`` of them."""
-    deadline = time.monotonic() + 20 * UNIT
-    while True:
-        lines = [line for line in server.log_lines() if re.search(pattern, line)]
-        if len(lines) >= count:
-            return lines
-        assert time.monotonic() < deadline, f"no {pattern!r} in {server.log_tail(20)}"
-        time.sleep(0.05)
+
+    def matching() -> list[str]:
+        return [line for line in server.log_lines() if re.search(pattern, line)]
+
+    wait_until(lambda: len(matching()) >= count, f"{count} x {pattern!r}", 20 * UNIT)
+    return matching()
 
 
 def test_clients_of_both_workers_see_one_sequence(redis_server: RedisProcess) -> None:
