@@ -69,6 +69,15 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     start.add_argument(
+        "--no-web",
+        action="store_false",
+        dest="web",
+        help=(
+            "serve no chat page: / is 404 (default: the page is at "
+            "http://HOST:PORT/ in chat mode)"
+        ),
+    )
+    start.add_argument(
         "--allowed-origin",
         action="append",
         default=[],

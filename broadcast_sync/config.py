@@ -35,6 +35,9 @@ class ServerConfig:
     # one process runs Python on one core at a time.
     workers: int = 1
 
+    # The chat page at /, on the port of /ws: a browser is all a user needs.
+    web: bool = True
+
     # Origins
     # Empty: browsers must be same-origin; "*" in the tuple allows any origin.
     allowed_origins: tuple[str, ...] = ()

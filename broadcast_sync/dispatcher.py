@@ -122,10 +122,19 @@ class Dispatcher:
     """
 
     def __init__(
-        self, hub: Hub[Member], *, history_size: int, batch_window: float
+        self,
+        hub: Hub[Member],
+        *,
+        history_size: int,
+        batch_window: float,
+        max_message_chars: int,
+        max_message_bytes: int,
     ) -> None:
         self._hub = hub
         self._batch_window = batch_window
+        #: Told to JSON clients in their welcome, so that a page can warn.
+        self._max_message_chars = max_message_chars
+        self._max_message_bytes = max_message_bytes
         self._inbox: queue.Queue[_Item] = queue.Queue(INBOX_SIZE)
         #: Set when the thread has stopped: puts would never be taken.
         self._stopped = threading.Event()
@@ -319,7 +328,14 @@ class Dispatcher:
         if member.format is Format.JSON:
             last_id = EventId(self._epoch, self._offset) if self._offset else None
             users = self._online | {member.name}
-            welcome = messages.welcome_json(member.name, users, last_id, resumed)
+            welcome = messages.welcome_json(
+                member.name,
+                users,
+                last_id,
+                resumed,
+                max_message_chars=self._max_message_chars,
+                max_message_bytes=self._max_message_bytes,
+            )
             head.append(frames.encode_message(welcome))
         head += encode(history, member.format, self._epoch)
         if head:

@@ -1,8 +1,9 @@
 """The WebSocket opening handshake (RFC 6455, section 4.2).
 
-h11 parses the HTTP request; the checks and the responses are ours. Every
-failed check raises :class:`HandshakeError` carrying the HTTP status and the
-reason sent back to the client.
+The server reads the request (:func:`~broadcast_sync.http11.read_request`)
+and hands one for :data:`WEBSOCKET_PATH` over to the checks here. Every
+failed check raises :class:`~broadcast_sync.http11.HTTPError` carrying the
+HTTP status and the reason sent back to the client.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import socket
-import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from http import HTTPStatus
 
 import h11
 
 from broadcast_sync.config import Mode
 from broadcast_sync.events import EventId, parse_event_id
+from broadcast_sync.http11 import HTTPError, RequestHeaders, response_head, split_target
 from broadcast_sync.messages import Format
 
 #: The path clients connect to.
@@ -31,25 +31,6 @@ WEBSOCKET_VERSION = "13"
 #: The query parameters the server reads; each may be given once. Others
 #: are ignored, as a proxy or a page may add their own.
 QUERY_PARAMETERS = ("username", "format", "history", "since")
-#: A real handshake is a few hundred bytes; this leaves room for cookies.
-MAX_REQUEST_BYTES = 8192
-#: Bytes read at a time while waiting for the request.
-RECEIVE_BYTES = 4096
-
-
-class HandshakeError(Exception):
-    """A handshake refused with ``status``; ``reason`` is the response body."""
-
-    def __init__(
-        self,
-        status: HTTPStatus,
-        reason: str,
-        headers: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,76 +60,14 @@ class Arrival:
     since: EventId | None = None
 
 
-def read_request(sock: socket.socket, timeout: float) -> tuple[h11.Request, bytes]:
-    """Read one HTTP request head from ``sock`` within ``timeout`` seconds.
-
-    The timeout bounds the whole head, not each read, so a client trickling
-    bytes cannot hold the connection's thread. Returns the request and the
-    bytes that followed it (frames a client sent before our response).
-
-    Raises:
-        HandshakeError: if the request is malformed, too large or cut short.
-        TimeoutError: if the head does not arrive in time.
-    """
-    connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
-    deadline = time.monotonic() + timeout
-    received = 0
-    while True:
-        try:
-            event = connection.next_event()
-        except h11.RemoteProtocolError as exc:
-            status = HTTPStatus(exc.error_status_hint)
-            raise HandshakeError(status, f"malformed HTTP request: {exc}") from exc
-        if isinstance(event, h11.Request):
-            trailing_data = connection.trailing_data[0]
-            if received - len(trailing_data) > MAX_REQUEST_BYTES:
-                raise _head_too_large()
-            return event, trailing_data
-        if event is not h11.NEED_DATA:  # pragma: no cover - Request comes first
-            raise HandshakeError(HTTPStatus.BAD_REQUEST, "unexpected HTTP event")
-        # Read no further than one byte past the limit.
-        room = MAX_REQUEST_BYTES + 1 - received
-        if room <= 0:
-            raise _head_too_large()
-        data = _receive_by(sock, deadline, min(RECEIVE_BYTES, room))
-        received += len(data)
-        connection.receive_data(data)
-
-
-def _receive_by(sock: socket.socket, deadline: float, size: int) -> bytes:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError
-    sock.settimeout(remaining)
-    data = sock.recv(size)
-    if not data:
-        raise HandshakeError(
-            HTTPStatus.BAD_REQUEST, "connection closed during the handshake"
-        )
-    return data
-
-
-def _head_too_large() -> HandshakeError:
-    return HandshakeError(
-        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-        f"request head over {MAX_REQUEST_BYTES} bytes",
-    )
-
-
 def parse_request(request: h11.Request) -> Request:
-    """Check that ``request`` is a WebSocket upgrade for our path.
+    """Check that ``request`` (for :data:`WEBSOCKET_PATH`) is a valid upgrade.
 
     Raises:
-        HandshakeError: 404 for another path, 400 for anything that is not a
-            valid upgrade.
+        HTTPError: 400 for anything that is not a valid upgrade.
     """
-    try:
-        target = urllib.parse.urlsplit(request.target.decode("ascii", "replace"))
-    except ValueError as exc:
-        raise _bad_request(f"malformed request target: {exc}") from exc
-    if target.path != WEBSOCKET_PATH:
-        raise HandshakeError(HTTPStatus.NOT_FOUND, f"no such path: {target.path}")
-    headers = _Headers(request.headers)
+    target = split_target(request)
+    headers = RequestHeaders(request.headers)
     if request.method != b"GET":
         raise _bad_request(f"method must be GET, not {request.method.decode()}")
     if request.http_version != b"1.1":
@@ -161,7 +80,7 @@ def parse_request(request: h11.Request) -> Request:
         raise _bad_request("a handshake request has no body")
     version = headers.get("sec-websocket-version")
     if version != WEBSOCKET_VERSION:
-        raise HandshakeError(
+        raise HTTPError(
             HTTPStatus.BAD_REQUEST,
             f"unsupported Sec-WebSocket-Version: {version or '(missing)'}",
             (("Sec-WebSocket-Version", WEBSOCKET_VERSION),),
@@ -181,7 +100,7 @@ def check_origin(request: Request, allowed_origins: tuple[str, ...]) -> None:
     origin); a client that sends no Origin (not a browser) is accepted.
 
     Raises:
-        HandshakeError: 403 if the origin is not allowed.
+        HTTPError: 403 if the origin is not allowed.
     """
     origin = request.origin
     if origin is None or "*" in allowed_origins:
@@ -195,14 +114,14 @@ def check_origin(request: Request, allowed_origins: tuple[str, ...]) -> None:
             netloc = ""  # a malformed origin matches no host
         allowed = bool(netloc) and netloc.lower() == request.host.lower()
     if not allowed:
-        raise HandshakeError(HTTPStatus.FORBIDDEN, f"origin not allowed: {origin}")
+        raise HTTPError(HTTPStatus.FORBIDDEN, f"origin not allowed: {origin}")
 
 
 def accept_response(key: str) -> bytes:
     """The 101 response that completes the handshake for ``key``."""
     digest = hashlib.sha1((key + ACCEPT_GUID).encode("ascii")).digest()
     accept = base64.b64encode(digest).decode("ascii")
-    return _response_head(
+    return response_head(
         HTTPStatus.SWITCHING_PROTOCOLS,
         (
             ("Upgrade", "websocket"),
@@ -212,26 +131,8 @@ def accept_response(key: str) -> bytes:
     )
 
 
-def reject_response(error: HandshakeError) -> bytes:
-    """The response refusing a handshake: its status and a plain-text reason."""
-    body = (error.reason + "\n").encode("utf-8")
-    headers = (
-        *error.headers,
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        ("Connection", "close"),
-    )
-    return _response_head(error.status, headers) + body
-
-
-def _response_head(status: HTTPStatus, headers: tuple[tuple[str, str], ...]) -> bytes:
-    lines = [f"HTTP/1.1 {status.value} {status.phrase}"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def _bad_request(reason: str) -> HandshakeError:
-    return HandshakeError(HTTPStatus.BAD_REQUEST, reason)
+def _bad_request(reason: str) -> HTTPError:
+    return HTTPError(HTTPStatus.BAD_REQUEST, reason)
 
 
 def _check_key(key: str | None) -> str:
@@ -264,7 +165,7 @@ def parse_arrival(request: Request, mode: Mode, history_size: int) -> Arrival:
     and ``since``.
 
     Raises:
-        HandshakeError: 400 for a value that is not valid, or not in ``mode``.
+        HTTPError: 400 for a value that is not valid, or not in ``mode``.
     """
     parameters = request.parameters
     try:
@@ -299,20 +200,3 @@ def _since_parameter(text: str | None, format: Format) -> EventId | None:
         return parse_event_id(text)
     except ValueError:
         raise _bad_request(f"since is not an event id: {text!r}") from None
-
-
-class _Headers:
-    """Case-insensitive access to h11's header list."""
-
-    def __init__(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
-        self._headers = headers
-
-    def get(self, name: str) -> str | None:
-        """The value of ``name``, its repeats joined with commas."""
-        values = [v.decode("latin-1") for n, v in self._headers if n == name.encode()]
-        return ", ".join(values) if values else None
-
-    def tokens(self, name: str) -> set[str]:
-        """The lower-cased comma-separated tokens of ``name``."""
-        value = self.get(name) or ""
-        return {token.strip().lower() for token in value.split(",")}

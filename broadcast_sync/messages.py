@@ -82,9 +82,16 @@ def notice(text: str, format: Format) -> str:
 
 
 def welcome_json(
-    user: str, users: Iterable[str], last_id: EventId | None, resumed: bool | None
+    user: str,
+    users: Iterable[str],
+    last_id: EventId | None,
+    resumed: bool | None,
+    *,
+    max_message_chars: int,
+    max_message_bytes: int,
 ) -> str:
-    """A JSON client's first frame: its name, who is online, where the log is.
+    """A JSON client's first frame: its name, who is online, where the log is,
+    and the longest message it may send (in characters and in UTF-8 bytes).
 
     ``resumed`` is ``None`` when the client did not ask to resume.
     """
@@ -93,6 +100,8 @@ def welcome_json(
         "user": user,
         "users": sorted(users),
         "last_id": None if last_id is None else str(last_id),
+        "max_message_chars": max_message_chars,
+        "max_message_bytes": max_message_bytes,
     }
     if resumed is not None:
         fields["resumed"] = resumed

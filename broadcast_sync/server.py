@@ -15,24 +15,32 @@ import time
 from http import HTTPStatus
 from types import TracebackType
 
-from broadcast_sync.config import ServerConfig
+import h11
+
+from broadcast_sync.config import Mode, ServerConfig
 from broadcast_sync.dispatcher import Dispatcher
 from broadcast_sync.handshake import (
-    RECEIVE_BYTES,
+    WEBSOCKET_PATH,
     Arrival,
-    HandshakeError,
     accept_response,
     check_origin,
     parse_arrival,
     parse_request,
-    read_request,
-    reject_response,
 )
 from broadcast_sync.heartbeat import Heartbeat
+from broadcast_sync.http11 import (
+    RECEIVE_BYTES,
+    HTTPError,
+    Response,
+    read_request,
+    reject_response,
+    split_target,
+)
 from broadcast_sync.hub import Hub, Member
 from broadcast_sync.log import EventLog, LogUnavailable, MemoryLog
 from broadcast_sync.names import RoomFull
 from broadcast_sync.redislog import RedisLog
+from broadcast_sync.routes import PAGE_HISTORY, Routes, chat_page
 from broadcast_sync.session import Session
 from broadcast_sync.validation import InvalidUsername, clean_username
 
@@ -60,11 +68,28 @@ def format_address(address: tuple[str, int]) -> str:
     return f"{address[0]}:{address[1]}"
 
 
+def page_host(config: ServerConfig) -> str:
+    """The host to show in the page's address: a wildcard is no address, and
+    an IPv6 address goes in brackets."""
+    if config.host in ("", "0.0.0.0", "::"):
+        return "localhost"
+    return f"[{config.host}]" if ":" in config.host else config.host
+
+
 def make_log(config: ServerConfig) -> EventLog:
     """The log that ``config`` asks for: in Redis, or in memory."""
     if config.redis_url is None:
         return MemoryLog(config.max_clients, config.max_username_chars)
     return RedisLog(config)
+
+
+def make_routes(config: ServerConfig) -> Routes:
+    """The plain HTTP resources that ``config`` asks for: the chat page, or
+    none. The page speaks the chat's JSON protocol, which relay mode lacks."""
+    if not config.web or config.mode is not Mode.CHAT:
+        return Routes({})
+    history = min(PAGE_HISTORY, config.history_size)
+    return Routes(chat_page(history=history, max_name=config.max_username_chars))
 
 
 class BroadcastServer(socketserver.ThreadingTCPServer):
@@ -87,8 +112,11 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
             self.hub,
             history_size=config.history_size,
             batch_window=config.batch_window,
+            max_message_chars=config.max_message_chars,
+            max_message_bytes=config.max_message_bytes,
         )
         self.heartbeat = Heartbeat(self.hub, config)
+        self.routes = make_routes(config)
         #: Guards ``_connections`` and ``_exited``.
         self._connections_lock = threading.Lock()
         #: Each open socket and the thread serving it.
@@ -130,6 +158,8 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         self.heartbeat.start()
         self._acceptor.start()
         logger.info("listening on %s:%d", self.config.host, self.port)
+        if "/" in self.routes.paths:
+            logger.info("chat page at http://%s:%d/", page_host(self.config), self.port)
 
     def stop(self) -> None:
         """Shut down gracefully and join every thread.
@@ -212,9 +242,7 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
     ) -> None:
         reason = f"too many connections ({limit})"
         logger.info("rejected %s: 503 %s", format_address(client_address), reason)
-        response = reject_response(
-            HandshakeError(HTTPStatus.SERVICE_UNAVAILABLE, reason)
-        )
+        response = reject_response(HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, reason))
         with contextlib.suppress(OSError):  # best effort: it is closed either way
             request.send(response, socket.MSG_DONTWAIT)
         self.shutdown_request(request)
@@ -236,25 +264,37 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
 
 
 class ConnectionHandler(socketserver.BaseRequestHandler):
-    """Does the handshake, then serves the client as a :class:`Session`."""
+    """Reads the connection's request: serves a WebSocket client as a
+    :class:`Session` after its handshake, or answers a plain HTTP request."""
 
     server: BroadcastServer
     request: socket.socket
 
+    def setup(self) -> None:
+        """Start the clock of the request, which must end within the handshake
+        timeout: whether it is a handshake or a request for the page."""
+        self._deadline = time.monotonic() + self.server.config.handshake_timeout
+
     def handle(self) -> None:
-        """Serve one connection from its handshake to its end."""
+        """Serve one connection from its request to its end."""
         address = format_address(self.client_address)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            name, key, arrival, trailing_data = self._handshake()
-        except HandshakeError as exc:
+            http_request, trailing_data = read_request(
+                self.request, self._deadline - time.monotonic()
+            )
+            if split_target(http_request).path != WEBSOCKET_PATH:
+                self._answer(self.server.routes.respond(http_request))
+                return
+            name, key, arrival = self._handshake(http_request)
+        except HTTPError as exc:
             logger.info("rejected %s: %d %s", address, exc.status.value, exc.reason)
             if self._send(reject_response(exc)):
                 self._linger()
             return
         except TimeoutError:
             logger.info("rejected %s: handshake timed out", address)
-            timeout = HandshakeError(HTTPStatus.REQUEST_TIMEOUT, "handshake timed out")
+            timeout = HTTPError(HTTPStatus.REQUEST_TIMEOUT, "handshake timed out")
             self._send(reject_response(timeout))
             return
         except OSError as exc:
@@ -276,17 +316,13 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         )
         session.run()
 
-    def _handshake(self) -> tuple[str, str, Arrival, bytes]:
-        """Read and check the handshake; reserve the client's name.
+    def _handshake(self, http_request: h11.Request) -> tuple[str, str, Arrival]:
+        """Check the handshake; reserve the client's name.
 
         Returns:
-            The name given to the client, its key, what else it asked for and
-            bytes read past the request.
+            The name given to the client, its key and what else it asked for.
         """
         config = self.server.config
-        http_request, trailing_data = read_request(
-            self.request, config.handshake_timeout
-        )
         request = parse_request(http_request)
         check_origin(request, config.allowed_origins)
         arrival = parse_arrival(request, config.mode, config.history_size)
@@ -296,14 +332,22 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         try:
             username = clean_username(requested, config.max_username_chars)
         except InvalidUsername as exc:
-            raise HandshakeError(HTTPStatus.BAD_REQUEST, str(exc)) from exc
+            raise HTTPError(HTTPStatus.BAD_REQUEST, str(exc)) from exc
         if self.server.stopping:
-            raise HandshakeError(HTTPStatus.SERVICE_UNAVAILABLE, "server shutting down")
+            raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, "server shutting down")
         try:
             name = self.server.log.reserve_name(username)
         except (RoomFull, LogUnavailable) as exc:
-            raise HandshakeError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from exc
-        return name, request.key, arrival, trailing_data
+            raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from exc
+        return name, request.key, arrival
+
+    def _answer(self, response: Response) -> None:
+        """Send ``response`` to a plain HTTP request, then close."""
+        logger.debug(
+            "answered %s: %d", format_address(self.client_address), response.status
+        )
+        if self._send(response.encode()):
+            self._linger()
 
     def _linger(self) -> None:
         """Let the client read our answer before the socket is closed.
@@ -312,7 +356,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         destroy the answer before the client reads it: so half-close, and
         discard what still arrives, within limits (RFC 9112, section 9.6).
         """
-        deadline = time.monotonic() + LINGER_SECONDS
+        deadline = min(time.monotonic() + LINGER_SECONDS, self._deadline)
         discarded = 0
         with contextlib.suppress(OSError):  # timeouts included
             self.request.shutdown(socket.SHUT_WR)
@@ -324,7 +368,9 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                 discarded += len(data)
 
     def _send(self, data: bytes) -> bool:
+        """Send ``data`` whole, by the deadline of the request."""
         try:
+            self.request.settimeout(max(self._deadline - time.monotonic(), 0.001))
             self.request.sendall(data)
         except OSError:
             return False

@@ -23,6 +23,12 @@ from tests.wsclient import ChatClient
 #: BROADCAST_TEST_UNIT on a slow machine.
 UNIT = float(os.environ.get("BROADCAST_TEST_UNIT", "1"))
 
+#: The limits that every welcome of a server with the default options gives.
+WELCOME_LIMITS = {
+    "max_message_chars": ServerConfig.max_message_chars,
+    "max_message_bytes": ServerConfig.max_message_bytes,
+}
+
 #: Names of the server's threads, which must all be gone after a test.
 SERVER_THREAD_PREFIXES = (
     "reader ",

@@ -33,6 +33,7 @@ START_OPTIONS = (
     "--host",
     "--port",
     "--mode",
+    "--no-web",
     "--allowed-origin",
     "--history-size",
     "--redis",
@@ -56,7 +57,11 @@ START_OPTIONS = (
 CONNECT_OPTIONS = ("--host", "--port", "--username")
 
 #: ServerConfig fields whose option is not named after the field.
-OPTION_FOR_FIELD = {"allowed_origins": "--allowed-origin", "redis_url": "--redis"}
+OPTION_FOR_FIELD = {
+    "allowed_origins": "--allowed-origin",
+    "redis_url": "--redis",
+    "web": "--no-web",
+}
 
 
 def run_command(

@@ -202,9 +202,9 @@ def test_accepts_header_variants(
 # Refusals
 
 
-@pytest.mark.parametrize("path", ["/", "/chat", "/ws/", "/ws/extra", "/WS"])
+@pytest.mark.parametrize("path", ["/chat", "/ws/", "/ws/extra", "/WS"])
 def test_other_paths_are_404(server: BroadcastServer, path: str) -> None:
-    """Only /ws is served; any other path is 404 with the path in the reason."""
+    """Only /ws upgrades; any other path is 404 with the path in the reason."""
     response = refusal(server.port, upgrade_request(path))
     assert (response.status, response.phrase) == (404, "Not Found")
     assert response.text == f"no such path: {path}\n"

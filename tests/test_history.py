@@ -23,7 +23,15 @@ import pytest
 from broadcast_sync.config import Mode
 from broadcast_sync.events import EventId, parse_event_id
 from broadcast_sync.server import BroadcastServer
-from tests.conftest import UNIT, http_exchange, join, receive, receive_text, run_server
+from tests.conftest import (
+    UNIT,
+    WELCOME_LIMITS,
+    http_exchange,
+    join,
+    receive,
+    receive_text,
+    run_server,
+)
 from tests.rawclient import new_key
 from tests.wsclient import ChatClient
 
@@ -183,6 +191,7 @@ def test_json_welcome_on_an_empty_log_then_own_join() -> None:
             "user": "alice",
             "users": ["alice"],
             "last_id": None,
+            **WELCOME_LIMITS,
         }
         frame = receive_text(alice)
         after = time.time()
@@ -211,6 +220,7 @@ def test_json_welcome_lists_everyone_sorted_and_the_newest_id() -> None:
             "user": "amy",
             "users": ["amy", "bob", "zed"],
             "last_id": newest["id"],
+            **WELCOME_LIMITS,
         }
         own_join = receive_text(amy)
         assert receive_text(zed) == own_join
@@ -336,6 +346,7 @@ def test_json_history_is_the_last_events_as_sent_live_then_own_join(
             "user": "dave",
             "users": ["alice", "bob", "dave"],
             "last_id": decode(seen[-1])["id"],
+            **WELCOME_LIMITS,
         }
         expected = seen[len(seen) - min(count, 6) :]
         assert_same_sequence([receive_text(dave) for _ in expected], expected)
@@ -416,6 +427,7 @@ def test_resume_from_the_newest_id_replays_nothing() -> None:
             "users": ["alice", "bob", "dave"],
             "last_id": newest,
             "resumed": True,
+            **WELCOME_LIMITS,
         }
         own_join = receive_text(dave)
         assert_event(own_join, "join", "dave")

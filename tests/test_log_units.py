@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from broadcast_sync import frames
-from broadcast_sync.config import Mode
+from broadcast_sync.config import Mode, ServerConfig
 from broadcast_sync.dispatcher import EPOCH_CHANGED, RESUME_WAIT_SECONDS, Dispatcher
 from broadcast_sync.events import (
     EPOCH_BYTES,
@@ -32,7 +32,8 @@ from broadcast_sync.events import (
     new_epoch,
     parse_event_id,
 )
-from broadcast_sync.handshake import Arrival, HandshakeError, Request, parse_arrival
+from broadcast_sync.handshake import Arrival, Request, parse_arrival
+from broadcast_sync.http11 import HTTPError
 from broadcast_sync.hub import Hub, Member
 from broadcast_sync.log import MemoryLog, Snapshot
 from broadcast_sync.messages import (
@@ -47,7 +48,7 @@ from broadcast_sync.messages import (
     welcome_json,
 )
 from broadcast_sync.names import RoomFull
-from tests.conftest import UNIT
+from tests.conftest import UNIT, WELCOME_LIMITS
 
 #: An epoch as new_epoch() makes them.
 EPOCH = "0123456789ab"
@@ -178,14 +179,23 @@ def test_json_notice_has_no_id() -> None:
 def test_welcome_json(
     last_id: EventId | None, resumed: bool | None, extra: dict[str, bool]
 ) -> None:
-    """The welcome sorts the users, gives last_id or null, and says whether
-    the client resumed only when it asked to."""
-    welcome = welcome_json("bob", {"zed", "bob", "amy"}, last_id, resumed)
+    """The welcome sorts the users, gives last_id or null and the message
+    limit, and says whether the client resumed only when it asked to."""
+    welcome = welcome_json(
+        "bob",
+        {"zed", "bob", "amy"},
+        last_id,
+        resumed,
+        max_message_chars=42,
+        max_message_bytes=99,
+    )
     assert json.loads(welcome) == {
         "type": "welcome",
         "user": "bob",
         "users": ["amy", "bob", "zed"],
         "last_id": None if last_id is None else str(last_id),
+        "max_message_chars": 42,
+        "max_message_bytes": 99,
         **extra,
     }
     assert welcome.startswith('{"type":"welcome",')
@@ -239,7 +249,7 @@ def test_parse_arrival_refuses(
     mode: Mode, parameters: dict[str, str], reason: str
 ) -> None:
     """A bad format, history or since is a 400 with its reason."""
-    with pytest.raises(HandshakeError) as caught:
+    with pytest.raises(HTTPError) as caught:
         arrival(parameters, mode)
     assert caught.value.status is HTTPStatus.BAD_REQUEST
     assert reason in caught.value.reason
@@ -570,7 +580,13 @@ def running_room(
     hub: Hub[Member] = Hub()
     if log is None:
         log = new_log()
-    dispatcher = Dispatcher(hub, history_size=history_size, batch_window=0)
+    dispatcher = Dispatcher(
+        hub,
+        history_size=history_size,
+        batch_window=0,
+        max_message_chars=ServerConfig.max_message_chars,
+        max_message_bytes=ServerConfig.max_message_bytes,
+    )
     dispatcher.start()
     try:
         log.start(dispatcher)
@@ -599,7 +615,9 @@ def test_json_member_gets_its_welcome_then_live_events() -> None:
         room.log.append(event)
         room.say("hi")
         welcome, join, said = alice.frames(3)
-        assert welcome.text == welcome_json("alice", ["alice"], None, None)
+        assert welcome.text == welcome_json(
+            "alice", ["alice"], None, None, **WELCOME_LIMITS
+        )
         assert join.text == event_json(event, room.event_id(1))
         assert said.json["text"] == "hi"
         assert said.json["id"] == str(room.event_id(2))
@@ -636,6 +654,7 @@ def test_welcome_lists_who_is_online_by_the_joins_and_leaves() -> None:
             "user": "bob",
             "users": ["bob", "zed"],
             "last_id": str(room.event_id(4)),
+            **WELCOME_LIMITS,
         }
 
 
@@ -886,6 +905,7 @@ def test_new_epoch_notifies_json_members_and_old_ids_do_not_resume() -> None:
             "users": ["alice", "bob", "carol"],
             "last_id": None,
             "resumed": False,
+            **WELCOME_LIMITS,
         }
 
 
