@@ -22,7 +22,7 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
 VERSION = $(shell $(BIN)/python -c 'import broadcast_sync; print(broadcast_sync.__version__)')
 
 .PHONY: setup install server client test lint conformance conformance-full man \
-	coverage bench build clean
+	screenshots coverage bench build clean
 
 setup: $(STAMP)
 
@@ -44,7 +44,8 @@ server: $(STAMP)
 client: $(STAMP)
 	$(BIN)/broadcast-server connect --host $(HOST) --port $(PORT) --username $(USER_NAME)
 
-# The tests run a real redis-server: install it first, or say it is missing.
+# The tests run a real redis-server and Chromium: install them first, or say
+# what is missing.
 test: $(STAMP)
 	tests/require-services
 	$(BIN)/pytest
@@ -61,6 +62,12 @@ man: $(STAMP)
 		--version $(VERSION) --manual-title "broadcast-sync manual" \
 		--description "WebSocket broadcast (chat) server and terminal client" \
 		--include man/extra.inc --output $(MAN_OUTPUT)
+
+# The README's pictures of the chat page, taken by a browser test.
+screenshots: $(STAMP)
+	tests/require-services
+	BROADCAST_SCREENSHOTS=docs $(BIN)/pytest -q tests/test_browser.py \
+		-k test_two_pages_and_a_terminal_client_chat
 
 coverage: $(STAMP)
 	$(BIN)/coverage erase

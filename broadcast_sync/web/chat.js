@@ -150,13 +150,15 @@
 
   function eventEntry(event, replayed) {
     let item;
+    // Spaces between the parts: where a long line may wrap.
     if (event.type === "message") {
-      item = entry("message", clock(event.ts), sender(event.user));
-      item.append(span("text", event.text));
+      const text = span("text", event.text);
+      item = entry("message", clock(event.ts), " ", sender(event.user), " ", text);
       if (event.user === chat.me) item.classList.add("own");
     } else {
       const verb = event.type === "join" ? "joined" : "left";
-      item = entry("event", clock(event.ts), span("text", `${event.user} ${verb}`));
+      const text = span("text", `${event.user} ${verb}`);
+      item = entry("event", clock(event.ts), " ", text);
     }
     if (replayed && chat.historyMarker) item.classList.add("history");
     item.dataset.id = event.id;
@@ -192,6 +194,10 @@
 
   function scrollToNewest() {
     ui.messages.scrollTop = ui.messages.scrollHeight;
+    markAllSeen();
+  }
+
+  function markAllSeen() {
     chat.unseen = 0;
     ui.newMessages.hidden = true;
   }
@@ -218,6 +224,10 @@
   function setConnected(connected) {
     ui.message.disabled = !connected;
     updateCounter();
+    // Disabling took the focus away: give it back to a keyboard user.
+    if (connected && document.activeElement === document.body) {
+      ui.message.focus();
+    }
   }
 
   function cleanText(text) {
@@ -416,9 +426,11 @@
     const ceiling = Math.min(FIRST_DELAY * 2 ** (chat.failures - 1), MAX_DELAY);
     const delay = ceiling * (0.5 + Math.random() / 2);
     const due = Date.now() + delay * 1000;
+    // Failing again and again: the server is down, or refuses this page.
+    const what = chat.failures >= 3 ? "Cannot reach the chat; retrying" : "Reconnecting";
     const tick = () => {
       const seconds = Math.max(Math.ceil((due - Date.now()) / 1000), 1);
-      setStatus("reconnecting", `Reconnecting in ${seconds} s…`);
+      setStatus("reconnecting", `${what} in ${seconds} s…`);
     };
     tick();
     chat.countdownTimer = setInterval(tick, 1000);
@@ -467,7 +479,6 @@
     ui.joinForm.hidden = true;
     ui.chat.hidden = false;
     ui.leave.hidden = false;
-    ui.message.focus();
     connect();
   }
 
@@ -496,7 +507,7 @@
   });
   ui.message.addEventListener("input", updateCounter);
   ui.messages.addEventListener("scroll", () => {
-    if (atBottom()) scrollToNewest();
+    if (atBottom()) markAllSeen();
   });
   ui.newMessages.addEventListener("click", () => {
     scrollToNewest();
@@ -515,6 +526,5 @@
   } catch {
     // storage may be off
   }
-  ui.name.maxLength = MAX_NAME;
   ui.name.focus();
 })();
