@@ -44,7 +44,7 @@ server: $(STAMP)
 client: $(STAMP)
 	$(BIN)/broadcast-server connect --host $(HOST) --port $(PORT) --username $(USER_NAME)
 
-# The tests run a real redis-server and Chromium: install them first, or say
+# The tests run a real redis-server, Chromium and nginx: install them first, or say
 # what is missing.
 test: $(STAMP)
 	tests/require-services

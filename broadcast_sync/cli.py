@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import math
 import os
 import sys
@@ -12,14 +11,13 @@ from collections.abc import Callable, Sequence
 
 from broadcast_sync import __version__
 from broadcast_sync.client import run_client
-from broadcast_sync.config import Mode, ServerConfig
+from broadcast_sync.config import Mode, Network, ServerConfig
+from broadcast_sync.logs import LogFormat, LogSettings, configure
+from broadcast_sync.proxies import parse_network
 from broadcast_sync.supervisor import READY_LINE, StartFailed, Supervisor, serve
 
 DEFAULT_PORT = 8080
 DEFAULTS = ServerConfig()
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-#: With workers, each line says which process wrote it.
-WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +85,51 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "browser origin allowed to connect, such as https://chat.example.com; "
             "repeat for several, '*' allows any (default: the page's own origin; "
             "clients that send no Origin are always allowed)"
+        ),
+    )
+    start.add_argument(
+        "--trusted-proxy",
+        type=network,
+        action="append",
+        metavar="CIDR",
+        dest="trusted_proxies",
+        help=(
+            "reverse proxy whose Forwarded or X-Forwarded-For and "
+            "X-Forwarded-Proto headers say who the client is, such as "
+            "127.0.0.1; repeat for several (default: none, the headers are "
+            "ignored)"
+        ),
+    )
+    tls = start.add_argument_group("TLS")
+    tls.add_argument(
+        "--certfile",
+        metavar="PEM",
+        help=(
+            "certificate chain (PEM) for wss:// and https://, with the key "
+            "unless --keyfile is given (default: none, plain ws:// and http://)"
+        ),
+    )
+    tls.add_argument(
+        "--keyfile",
+        metavar="PEM",
+        help="private key (PEM) of the certificate, if not in --certfile",
+    )
+    tls.add_argument(
+        "--keyfile-password-env",
+        metavar="VAR",
+        help="environment variable holding the key's password, if it has one",
+    )
+    operations = start.add_argument_group("health and metrics")
+    operations.add_argument(
+        "--metrics-allow",
+        type=network,
+        action="append",
+        metavar="CIDR",
+        dest="metrics_allow",
+        help=(
+            "addresses that may read /healthz, /readyz and /metrics, such as "
+            "10.0.0.0/8; repeat for several; others get 403 (default: "
+            "loopback only, 127.0.0.0/8 and ::1)"
         ),
     )
     room = start.add_argument_group("the room's log")
@@ -231,6 +274,16 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="info",
         help="messages are logged at debug level only (default: %(default)s)",
     )
+    start.add_argument(
+        "--log-format",
+        choices=[each.value for each in LogFormat],
+        default=LogFormat.TEXT.value,
+        help=(
+            "text: lines for people; json: one object per line, with ts, "
+            "level, logger, message and the fields client, user, reason, code "
+            "and status where they apply (default: %(default)s)"
+        ),
+    )
     start.set_defaults(run=_start)
 
 
@@ -270,19 +323,22 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
-    level = args.log_level.upper()
     config = _server_config(args)
     if config.workers > 1 and config.redis_url is None:
         build_parser().error(
             "--workers needs --redis: the workers share the room there"
         )
+    log = LogSettings(
+        level=args.log_level.upper(),
+        format=LogFormat(args.log_format),
+        workers=config.workers > 1,
+    )
+    configure(log)
     try:
         if config.workers == 1:
-            logging.basicConfig(level=level, format=LOG_FORMAT)
             serve(config, _print_ready)
             return 0
-        logging.basicConfig(level=level, format=WORKER_LOG_FORMAT)
-        return Supervisor(config, level, WORKER_LOG_FORMAT).run(_print_ready)
+        return Supervisor(config, log).run(_print_ready)
     except StartFailed as exc:
         print(f"broadcast-server: {exc}", file=sys.stderr)
         return 1
@@ -296,6 +352,10 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
     }
     values["mode"] = Mode(args.mode)
     values["allowed_origins"] = tuple(args.allowed_origins)
+    # None when not given: argparse would append to a default list.
+    for name in ("metrics_allow", "trusted_proxies"):
+        given = getattr(args, name)
+        values[name] = getattr(DEFAULTS, name) if given is None else tuple(given)
     return ServerConfig(**values)
 
 
@@ -319,6 +379,14 @@ def port(text: str) -> int:
     if not 0 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"port must be between 0 and 65535: {text}")
     return number
+
+
+def network(text: str) -> Network:
+    """An address block such as 10.0.0.0/8; a lone address is a block of one."""
+    try:
+        return parse_network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_int(text: str) -> int:

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
+from typing import TypeAlias
+
+#: An address block, as in --metrics-allow and --trusted-proxy.
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Loopback only: the server's own host.
+LOOPBACK: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
 
 
 class Mode(enum.Enum):
@@ -35,8 +45,25 @@ class ServerConfig:
     # one process runs Python on one core at a time.
     workers: int = 1
 
+    # TLS
+    # None: plain ws:// and http://. A PEM certificate chain, and its key
+    # unless the same file holds it, for wss:// and https://.
+    certfile: str | None = None
+    keyfile: str | None = None
+    # The environment variable holding the key's password, if it has one:
+    # a password on the command line would show in the process list.
+    keyfile_password_env: str | None = None
+
     # The chat page at /, on the port of /ws: a browser is all a user needs.
     web: bool = True
+
+    # Health and metrics
+    # /healthz, /readyz and /metrics tell an attacker how the server fares:
+    # only these clients may read them.
+    metrics_allow: tuple[Network, ...] = LOOPBACK
+
+    # Proxies whose Forwarded or X-Forwarded-For header names the client.
+    trusted_proxies: tuple[Network, ...] = ()
 
     # Origins
     # Empty: browsers must be same-origin; "*" in the tuple allows any origin.

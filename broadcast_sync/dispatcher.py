@@ -22,6 +22,7 @@ from broadcast_sync.events import EventId, EventKind, LoggedEvent
 from broadcast_sync.hub import Hub, Member
 from broadcast_sync.log import Snapshot
 from broadcast_sync.messages import Format
+from broadcast_sync.metrics import Disconnect, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +130,10 @@ class Dispatcher:
         batch_window: float,
         max_message_chars: int,
         max_message_bytes: int,
+        metrics: Metrics,
     ) -> None:
         self._hub = hub
+        self._metrics = metrics
         self._batch_window = batch_window
         #: Told to JSON clients in their welcome, so that a page can warn.
         self._max_message_chars = max_message_chars
@@ -394,12 +397,20 @@ class Dispatcher:
         start = flush.added.pop(member, 0)
         flush.removed.append((member, start, len(flush.events), item.close_frame))
         count = self._hub.remove(member) + len(flush.added)
+        # Set before the session asked to leave, and never changed after.
+        ending = member.ending
         logger.info(
             "%s (%s) left: %s; %d connected",
             member.name,
             member.address,
             member.end_reason,
             count,
+            extra={
+                "client": member.address,
+                "user": member.name,
+                "reason": None if ending is None else ending.value,
+                "code": member.end_code,
+            },
         )
 
     def _restart(self, snapshot: Snapshot) -> None:
@@ -419,23 +430,48 @@ class Dispatcher:
 
     def _send(self, flush: _Flush) -> None:
         """Fan ``flush`` out, then let its newcomers in and its leavers go."""
-        rendered = _Rendered(flush.events, self._epoch)
-        if flush.events:
+        started = time.monotonic()
+        events = flush.events
+        rendered = _Rendered(events, self._epoch)
+        deliveries = sent_bytes = 0
+        if events:
             with self._hub.locked_members() as members:
                 for member in members:
-                    member.send(rendered.joined(member.format))
+                    data = rendered.joined(member.format)
+                    member.send(data)
+                    sent_bytes += len(data)
+                deliveries = len(members) * len(events)
         for member, start in flush.added.items():
             count = self._hub.add(member)
             logger.info(
-                "%s (%s) joined; %d connected", member.name, member.address, count
+                "%s (%s) joined; %d connected",
+                member.name,
+                member.address,
+                count,
+                extra={"client": member.address, "user": member.name},
             )
-            if start < len(flush.events):
-                member.send(rendered.joined(member.format, start))
+            if start < len(events):
+                data = rendered.joined(member.format, start)
+                member.send(data)
+                deliveries += len(events) - start
+                sent_bytes += len(data)
         for member, start, end, close_frame in flush.removed:
             if start < end:
-                member.send(rendered.joined(member.format, start, end))
+                data = rendered.joined(member.format, start, end)
+                member.send(data)
+                deliveries += end - start
+                sent_bytes += len(data)
             if close_frame is not None:
                 member.close(close_frame)
+        if events:
+            self._metrics.flushed(
+                collections.Counter(logged.event.kind for logged in events),
+                deliveries=deliveries,
+                sent_bytes=sent_bytes,
+                seconds=time.monotonic() - started,
+                # Clocks of other servers may be a little ahead.
+                lag=max(time.time() - events[0].event.ts, 0.0),
+            )
 
     def _close_all(self) -> None:
         self._end_waiting()
@@ -443,7 +479,9 @@ class Dispatcher:
         logger.info("closing %d connections: server shutting down", len(members))
         close_frame = frames.encode_close(frames.GOING_AWAY, "server shutting down")
         for member in members:
-            member.close(close_frame, "server shutting down (1001)")
+            member.close(
+                close_frame, Disconnect.SHUTDOWN, "server shutting down (1001)"
+            )
 
 
 def encode(events: Sequence[LoggedEvent], format: Format, epoch: str) -> list[bytes]:

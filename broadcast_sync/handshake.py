@@ -93,11 +93,15 @@ def parse_request(request: h11.Request) -> Request:
     )
 
 
-def check_origin(request: Request, allowed_origins: tuple[str, ...]) -> None:
+def check_origin(
+    request: Request, allowed_origins: tuple[str, ...], scheme: str | None = None
+) -> None:
     """Refuse a browser's cross-site request.
 
     With no allowed origins, a browser's Origin must match its Host (same
-    origin); a client that sends no Origin (not a browser) is accepted.
+    origin), and its scheme too when it is known (``scheme``, from a
+    trusted proxy); a client that sends no Origin (not a browser) is
+    accepted.
 
     Raises:
         HTTPError: 403 if the origin is not allowed.
@@ -109,10 +113,14 @@ def check_origin(request: Request, allowed_origins: tuple[str, ...]) -> None:
         allowed = origin.lower() in (each.lower() for each in allowed_origins)
     else:
         try:
-            netloc = urllib.parse.urlsplit(origin).netloc
+            parts = urllib.parse.urlsplit(origin)
         except ValueError:
-            netloc = ""  # a malformed origin matches no host
-        allowed = bool(netloc) and netloc.lower() == request.host.lower()
+            parts = urllib.parse.SplitResult("", "", "", "", "")  # matches nothing
+        allowed = (
+            bool(parts.netloc)
+            and parts.netloc.lower() == request.host.lower()
+            and scheme in (None, parts.scheme.lower())
+        )
     if not allowed:
         raise HTTPError(HTTPStatus.FORBIDDEN, f"origin not allowed: {origin}")
 

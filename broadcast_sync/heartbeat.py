@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from broadcast_sync import frames
 from broadcast_sync.hub import Hub, Member
+from broadcast_sync.metrics import Disconnect
 
 if TYPE_CHECKING:
     from broadcast_sync.config import ServerConfig
@@ -69,5 +70,9 @@ class Heartbeat:
                 member.address,
                 self._pong_timeout,
             )
-            member.abort(f"no pong for {self._pong_timeout:g} s", frames.INTERNAL_ERROR)
+            member.abort(
+                Disconnect.PONG_TIMEOUT,
+                f"no pong for {self._pong_timeout:g} s",
+                frames.INTERNAL_ERROR,
+            )
         return deadlines

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
-import socket
 import time
 import urllib.parse
 from collections.abc import Sequence
 from http import HTTPStatus
+from typing import Protocol
 
 import h11
 
@@ -51,8 +51,19 @@ class Response:
         return response_head(self.status, self.headers) + self.body
 
 
-def read_request(sock: socket.socket, timeout: float) -> tuple[h11.Request, bytes]:
-    """Read one HTTP request head from ``sock`` within ``timeout`` seconds.
+class Receiver(Protocol):
+    """Where a request comes from: a connection's transport."""
+
+    def receive_by(self, deadline: float, size: int) -> bytes:
+        """Bytes, waiting for them until ``deadline``; b"" at the end.
+
+        Raises:
+            TimeoutError: if none come in time.
+        """
+
+
+def read_request(receiver: Receiver, timeout: float) -> tuple[h11.Request, bytes]:
+    """Read one HTTP request head from ``receiver`` within ``timeout`` seconds.
 
     The timeout bounds the whole head, not each read, so a client trickling
     bytes cannot hold the connection's thread. Returns the request and the
@@ -82,22 +93,13 @@ def read_request(sock: socket.socket, timeout: float) -> tuple[h11.Request, byte
         room = MAX_REQUEST_BYTES + 1 - received
         if room <= 0:
             raise _head_too_large()
-        data = _receive_by(sock, deadline, min(RECEIVE_BYTES, room))
+        data = receiver.receive_by(deadline, min(RECEIVE_BYTES, room))
+        if not data:
+            raise HTTPError(
+                HTTPStatus.BAD_REQUEST, "connection closed during the handshake"
+            )
         received += len(data)
         connection.receive_data(data)
-
-
-def _receive_by(sock: socket.socket, deadline: float, size: int) -> bytes:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError
-    sock.settimeout(remaining)
-    data = sock.recv(size)
-    if not data:
-        raise HTTPError(
-            HTTPStatus.BAD_REQUEST, "connection closed during the handshake"
-        )
-    return data
 
 
 def _head_too_large() -> HTTPError:

@@ -8,6 +8,7 @@ from collections.abc import Collection, Hashable, Iterator
 from typing import Generic, Protocol, TypeVar
 
 from broadcast_sync.messages import Format
+from broadcast_sync.metrics import Disconnect
 
 
 class Member(Hashable, Protocol):
@@ -23,8 +24,16 @@ class Member(Hashable, Protocol):
     def format(self) -> Format: ...
 
     @property
+    def ending(self) -> Disconnect | None:
+        """Why the client left, once it has: the label of the metrics."""
+
+    @property
     def end_reason(self) -> str:
-        """Why the client left, for the log."""
+        """Why the client left, in words, for the log."""
+
+    @property
+    def end_code(self) -> int | None:
+        """The close code the client left with, if any, for the log."""
 
     @property
     def last_seen(self) -> float:
@@ -33,10 +42,12 @@ class Member(Hashable, Protocol):
     def send(self, data: bytes) -> None:
         """Send ``data`` after what was sent before, without blocking."""
 
-    def close(self, frame: bytes, reason: str = "") -> None:
+    def close(
+        self, frame: bytes, why: Disconnect | None = None, reason: str = ""
+    ) -> None:
         """Send the close ``frame`` after what was sent before."""
 
-    def abort(self, reason: str, code: int | None = None) -> None:
+    def abort(self, why: Disconnect, reason: str, code: int | None = None) -> None:
         """Cut the connection now, with a close frame ``code`` if it fits."""
 
 
@@ -76,6 +87,11 @@ class Hub(Generic[MemberT]):
         """Hold ``lock`` while the caller goes through the members."""
         with self.lock:
             yield self._members.keys()
+
+    def count(self) -> int:
+        """How many members there are."""
+        with self.lock:
+            return len(self._members)
 
     def members(self) -> list[MemberT]:
         """A snapshot of the members, for work done without the lock."""

@@ -55,6 +55,9 @@ class EventLog(Protocol):
     def appended(self) -> EventId | None:
         """The id of the last event this server appended, if any."""
 
+    def reachable(self) -> bool:
+        """Whether the log can be reached now, as far as this server knows."""
+
     def start(self, subscriber: Subscriber) -> None:
         """Hand ``subscriber`` a snapshot, then every event appended after it.
 
@@ -112,6 +115,10 @@ class MemoryLog:
         """The newest event: every event was appended here."""
         with self._append_lock:
             return EventId(self.epoch, self._offset) if self._offset else None
+
+    def reachable(self) -> bool:
+        """Always: the log is in this process."""
+        return True
 
     def start(self, subscriber: Subscriber) -> None:
         """Start the subscriber on an empty log."""

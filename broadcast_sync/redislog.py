@@ -331,6 +331,10 @@ class RedisLog:
         with self._lock:
             return self._appended
 
+    def reachable(self) -> bool:
+        """Whether Redis could be reached, as the reader last found."""
+        return self._reachable.is_set()
+
     def start(self, subscriber: Subscriber) -> None:
         """Read where the log stands, hand it to ``subscriber``, start reading.
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from importlib import resources
 from typing import Protocol
 
 import h11
 
+from broadcast_sync.config import Network
 from broadcast_sync.http11 import (
     Headers,
     HTTPError,
@@ -33,6 +34,7 @@ from broadcast_sync.http11 import (
     http_date,
     split_target,
 )
+from broadcast_sync.proxies import in_networks
 
 #: The methods every resource answers; others get 405.
 METHODS = (b"GET", b"HEAD")
@@ -115,30 +117,49 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
 
 
 class Routes:
-    """The server's plain HTTP resources, by path."""
+    """The server's plain HTTP resources, by path.
 
-    def __init__(self, resources: Mapping[str, Resource]) -> None:
-        self._resources = dict(resources)
+    Public resources answer anybody. Restricted ones (health and metrics)
+    answer only clients whose address is in ``allowed``, and 403 others.
+    """
+
+    def __init__(
+        self,
+        public: Mapping[str, Resource],
+        restricted: Mapping[str, Resource],
+        allowed: Sequence[Network],
+    ) -> None:
+        self._public = dict(public)
+        self._restricted = dict(restricted)
+        self._allowed = tuple(allowed)
 
     @property
     def paths(self) -> frozenset[str]:
         """The paths served."""
-        return frozenset(self._resources)
+        return frozenset(self._public) | frozenset(self._restricted)
 
-    def respond(self, request: h11.Request) -> Response:
-        """The response to ``request``, which is not a WebSocket handshake.
+    def respond(self, request: h11.Request, client: str) -> Response:
+        """The response to ``request`` from address ``client``, which is not a
+        WebSocket handshake.
 
         ``HEAD`` gets the headers of ``GET``, ``Content-Length`` included,
         and no body.
 
         Raises:
-            HTTPError: 404 for a path that is not served, 405 for a method
+            HTTPError: 404 for a path that is not served, 403 for a
+                restricted one that ``client`` may not read, 405 for a method
                 other than ``GET`` and ``HEAD``.
         """
         path = split_target(request).path
-        resource = self._resources.get(path)
+        resource = self._public.get(path)
         if resource is None:
-            raise HTTPError(HTTPStatus.NOT_FOUND, f"no such path: {path}")
+            resource = self._restricted.get(path)
+            if resource is None:
+                raise HTTPError(HTTPStatus.NOT_FOUND, f"no such path: {path}")
+            if not in_networks(client, self._allowed):
+                raise HTTPError(
+                    HTTPStatus.FORBIDDEN, f"{path} is not served to {client}"
+                )
         if request.method not in METHODS:
             raise HTTPError(
                 HTTPStatus.METHOD_NOT_ALLOWED,

@@ -7,11 +7,13 @@ thread, which does the handshake and then becomes the client's reader.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from types import TracebackType
 
@@ -31,17 +33,32 @@ from broadcast_sync.heartbeat import Heartbeat
 from broadcast_sync.http11 import (
     RECEIVE_BYTES,
     HTTPError,
-    Response,
     read_request,
     reject_response,
     split_target,
 )
 from broadcast_sync.hub import Hub, Member
 from broadcast_sync.log import EventLog, LogUnavailable, MemoryLog
+from broadcast_sync.logs import Throttle
+from broadcast_sync.metrics import Metrics
 from broadcast_sync.names import RoomFull
+from broadcast_sync.probes import Liveness, MetricsPage, Readiness
+from broadcast_sync.proxies import forwarded_client, in_networks
 from broadcast_sync.redislog import RedisLog
-from broadcast_sync.routes import PAGE_HISTORY, Routes, chat_page
+from broadcast_sync.routes import (
+    PAGE_HISTORY,
+    Resource,
+    Routes,
+    chat_page,
+)
 from broadcast_sync.session import Session
+from broadcast_sync.transport import (
+    NotTLS,
+    PlainTransport,
+    TLSTransport,
+    Transport,
+    tls_context,
+)
 from broadcast_sync.validation import InvalidUsername, clean_username
 
 logger = logging.getLogger(__name__)
@@ -68,6 +85,28 @@ def format_address(address: tuple[str, int]) -> str:
     return f"{address[0]}:{address[1]}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """Who is at the other end of a connection, for the log and the limits."""
+
+    #: The client's IP address.
+    ip: str
+    #: The socket's port, when the socket is the client's own.
+    port: int | None = None
+    #: The trusted proxy that told us about the client, if any.
+    via: Peer | None = None
+
+    @classmethod
+    def of(cls, address: tuple[str, int]) -> Peer:
+        """The peer of a socket, taken at its word."""
+        return cls(address[0], address[1])
+
+    def __str__(self) -> str:
+        if self.via is not None:
+            return f"{self.ip} (via {self.via})"
+        return f"{self.ip}:{self.port}"
+
+
 def page_host(config: ServerConfig) -> str:
     """The host to show in the page's address: a wildcard is no address, and
     an IPv6 address goes in brackets."""
@@ -83,13 +122,22 @@ def make_log(config: ServerConfig) -> EventLog:
     return RedisLog(config)
 
 
-def make_routes(config: ServerConfig) -> Routes:
-    """The plain HTTP resources that ``config`` asks for: the chat page, or
-    none. The page speaks the chat's JSON protocol, which relay mode lacks."""
-    if not config.web or config.mode is not Mode.CHAT:
-        return Routes({})
-    history = min(PAGE_HISTORY, config.history_size)
-    return Routes(chat_page(history=history, max_name=config.max_username_chars))
+def make_routes(
+    config: ServerConfig, metrics: Metrics, unready: Callable[[], str | None]
+) -> Routes:
+    """The plain HTTP resources: the chat page, if ``config`` asks for it (it
+    speaks the chat's JSON protocol, which relay mode lacks), and the probes
+    for operators."""
+    page: dict[str, Resource] = {}
+    if config.web and config.mode is Mode.CHAT:
+        history = min(PAGE_HISTORY, config.history_size)
+        page = chat_page(history=history, max_name=config.max_username_chars)
+    probes: dict[str, Resource] = {
+        "/healthz": Liveness(),
+        "/readyz": Readiness(unready),
+        "/metrics": MetricsPage(metrics),
+    }
+    return Routes(page, probes, config.metrics_allow)
 
 
 class BroadcastServer(socketserver.ThreadingTCPServer):
@@ -108,15 +156,24 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         self.config = config
         self.log = make_log(config)
         self.hub: Hub[Member] = Hub()
+        self.metrics = Metrics()
+        self.metrics.count_clients(self.hub.count)
+        if config.redis_url is not None:
+            self.metrics.watch_redis(self.log.reachable)
         self.dispatcher = Dispatcher(
             self.hub,
             history_size=config.history_size,
             batch_window=config.batch_window,
             max_message_chars=config.max_message_chars,
             max_message_bytes=config.max_message_bytes,
+            metrics=self.metrics,
         )
         self.heartbeat = Heartbeat(self.hub, config)
-        self.routes = make_routes(config)
+        self.routes = make_routes(config, self.metrics, self.unready)
+        #: None: plain connections.
+        self.tls = tls_context(config)
+        #: Limits the lines about refused connections, per address.
+        self._throttle = Throttle()
         #: Guards ``_connections`` and ``_exited``.
         self._connections_lock = threading.Lock()
         #: Each open socket and the thread serving it.
@@ -159,24 +216,28 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         self._acceptor.start()
         logger.info("listening on %s:%d", self.config.host, self.port)
         if "/" in self.routes.paths:
-            logger.info("chat page at http://%s:%d/", page_host(self.config), self.port)
+            scheme = "http" if self.tls is None else "https"
+            host = page_host(self.config)
+            logger.info("chat page at %s://%s:%d/", scheme, host, self.port)
 
     def stop(self) -> None:
         """Shut down gracefully and join every thread.
 
-        Stops accepting, delivers what was accepted, sends every client a
-        close frame 1001, waits up to ``close_timeout`` for them to close,
-        then cuts the remaining connections.
+        Delivers what was accepted, sends every client a close frame 1001,
+        and waits up to ``close_timeout`` for them to close. Meanwhile it
+        still answers: new clients get 503 and ``/readyz`` says why, so that
+        a load balancer sees the server go rather than hang. Then it stops
+        accepting and cuts the remaining connections.
         """
         self._stopping.set()
-        self.shutdown()
-        self._acceptor.join()
         # Our own clients' last messages may still be on their way back.
         self.dispatcher.stop(self.log.appended, self.config.close_timeout)
         self.heartbeat.stop()
         deadline = time.monotonic() + self.config.close_timeout
         for thread in self._connection_threads():
             thread.join(max(deadline - time.monotonic(), 0))
+        self.shutdown()
+        self._acceptor.join()
         with self._connections_lock:
             for sock in self._connections:
                 with contextlib.suppress(OSError):  # closed by its peer
@@ -203,6 +264,38 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
     def stopping(self) -> bool:
         """Whether :meth:`stop` was called."""
         return self._stopping.is_set()
+
+    def note_refusal(self, peer: Peer, error: HTTPError) -> None:
+        """Log a connection refused with ``error``."""
+        self.note_connection(
+            peer,
+            f"rejected {peer}: {error.status.value} {error.reason}",
+            status=error.status.value,
+            reason=error.reason,
+        )
+
+    def note_connection(self, peer: Peer, line: str, **fields: object) -> None:
+        """Log ``line`` about a connection that never joined, a few lines a
+        window at most per address: a client that keeps failing its
+        handshakes must not flood the log. ``fields`` go to JSON lines."""
+        suppressed = self._throttle.admit(peer.ip, time.monotonic())
+        if suppressed is None:
+            return
+        if suppressed:
+            line += f" ({suppressed} more lines about {peer.ip} suppressed)"
+            fields["suppressed"] = suppressed
+        fields["client"] = str(peer)
+        logger.info("%s", line, extra=fields)
+
+    def unready(self) -> str | None:
+        """Why the server takes no new clients now, or None if it does."""
+        if self.stopping:
+            return "shutting down"
+        if self.hub.count() >= self.config.max_clients:
+            return f"full: {self.config.max_clients} clients"
+        if not self.log.reachable():
+            return "Redis cannot be reached"
+        return None
 
     def _connection_threads(self) -> list[threading.Thread]:
         with self._connections_lock:
@@ -240,9 +333,12 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
     def _refuse_at_once(
         self, request: socket.socket, client_address: tuple[str, int], limit: int
     ) -> None:
-        reason = f"too many connections ({limit})"
-        logger.info("rejected %s: 503 %s", format_address(client_address), reason)
-        response = reject_response(HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, reason))
+        error = HTTPError(
+            HTTPStatus.SERVICE_UNAVAILABLE, f"too many connections ({limit})"
+        )
+        self.note_refusal(Peer.of(client_address), error)
+        self.metrics.handshake(error.status)
+        response = reject_response(error)
         with contextlib.suppress(OSError):  # best effort: it is closed either way
             request.send(response, socket.MSG_DONTWAIT)
         self.shutdown_request(request)
@@ -274,47 +370,76 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         """Start the clock of the request, which must end within the handshake
         timeout: whether it is a handshake or a request for the page."""
         self._deadline = time.monotonic() + self.server.config.handshake_timeout
+        #: The client: the socket's peer until the request, read, may say
+        #: that the peer is a trusted proxy and who is behind it.
+        self._peer = Peer.of(self.client_address)
+        #: The page's scheme, if a trusted proxy said which.
+        self._scheme: str | None = None
+        tls = self.server.tls
+        self._transport: Transport = (
+            PlainTransport(self.request)
+            if tls is None
+            else TLSTransport(self.request, tls)
+        )
 
     def handle(self) -> None:
         """Serve one connection from its request to its end."""
-        address = format_address(self.client_address)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            self._transport.handshake(self._deadline)
             http_request, trailing_data = read_request(
-                self.request, self._deadline - time.monotonic()
+                self._transport, self._deadline - time.monotonic()
             )
+            self._find_client(http_request)
             if split_target(http_request).path != WEBSOCKET_PATH:
-                self._answer(self.server.routes.respond(http_request))
+                self._answer(http_request)
                 return
             name, key, arrival = self._handshake(http_request)
         except HTTPError as exc:
-            logger.info("rejected %s: %d %s", address, exc.status.value, exc.reason)
-            if self._send(reject_response(exc)):
-                self._linger()
+            if isinstance(exc, NotTLS):
+                self._transport = PlainTransport(self.request)  # answer in kind
+            self.server.metrics.handshake(exc.status)
+            self._refuse(exc)
             return
         except TimeoutError:
-            logger.info("rejected %s: handshake timed out", address)
             timeout = HTTPError(HTTPStatus.REQUEST_TIMEOUT, "handshake timed out")
+            self.server.note_refusal(self._peer, timeout)
+            self.server.metrics.handshake(timeout.status)
             self._send(reject_response(timeout))
             return
         except OSError as exc:
-            logger.info("lost %s during the handshake: %s", address, exc)
+            self.server.note_connection(
+                self._peer,
+                f"lost {self._peer} during the handshake: {exc}",
+                reason=str(exc),
+            )
             return
         if not self._send(accept_response(key)):
             self.server.log.release_name(name)
             return
+        self.server.metrics.handshake(HTTPStatus.SWITCHING_PROTOCOLS)
         self.request.settimeout(None)
         session = Session(
-            self.request,
-            address,
+            self._transport,
+            str(self._peer),
             name,
             config=self.server.config,
             room=self.server.dispatcher,
             log=self.server.log,
+            metrics=self.server.metrics,
             arrival=arrival,
             trailing_data=trailing_data,
         )
         session.run()
+
+    def _find_client(self, http_request: h11.Request) -> None:
+        """Believe a trusted proxy's word on who the client is."""
+        trusted = self.server.config.trusted_proxies
+        if not in_networks(self._peer.ip, trusted):
+            return
+        client = forwarded_client(self._peer.ip, http_request.headers, trusted)
+        self._peer = Peer(client.address, via=self._peer)
+        self._scheme = client.scheme
 
     def _handshake(self, http_request: h11.Request) -> tuple[str, str, Arrival]:
         """Check the handshake; reserve the client's name.
@@ -324,11 +449,11 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         """
         config = self.server.config
         request = parse_request(http_request)
-        check_origin(request, config.allowed_origins)
+        check_origin(request, config.allowed_origins, self._scheme)
         arrival = parse_arrival(request, config.mode, config.history_size)
         requested = request.username
         if requested is None:
-            requested = self.client_address[0]
+            requested = self._peer.ip
         try:
             username = clean_username(requested, config.max_username_chars)
         except InvalidUsername as exc:
@@ -341,12 +466,28 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from exc
         return name, request.key, arrival
 
-    def _answer(self, response: Response) -> None:
-        """Send ``response`` to a plain HTTP request, then close."""
+    def _answer(self, http_request: h11.Request) -> None:
+        """Answer a plain HTTP request from the routes, then close."""
+        try:
+            response = self.server.routes.respond(http_request, self._peer.ip)
+        except HTTPError as exc:
+            self._refuse(exc)
+            return
+        client = str(self._peer)
+        status = response.status.value
         logger.debug(
-            "answered %s: %d", format_address(self.client_address), response.status
+            "answered %s: %d",
+            client,
+            status,
+            extra={"client": client, "status": status},
         )
         if self._send(response.encode()):
+            self._linger()
+
+    def _refuse(self, error: HTTPError) -> None:
+        """Answer with ``error``'s status and reason, then close."""
+        self.server.note_refusal(self._peer, error)
+        if self._send(reject_response(error)):
             self._linger()
 
     def _linger(self) -> None:
@@ -359,6 +500,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         deadline = min(time.monotonic() + LINGER_SECONDS, self._deadline)
         discarded = 0
         with contextlib.suppress(OSError):  # timeouts included
+            self._send(self._transport.closing())
             self.request.shutdown(socket.SHUT_WR)
             while discarded < LINGER_BYTES:
                 self.request.settimeout(max(deadline - time.monotonic(), 0.001))
@@ -368,10 +510,11 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                 discarded += len(data)
 
     def _send(self, data: bytes) -> bool:
-        """Send ``data`` whole, by the deadline of the request."""
+        """Send ``data`` whole, through the transport, by the deadline of the
+        request."""
         try:
             self.request.settimeout(max(self._deadline - time.monotonic(), 0.001))
-            self.request.sendall(data)
+            self.request.sendall(self._transport.encode(data))
         except OSError:
             return False
         return True

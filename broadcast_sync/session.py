@@ -37,7 +37,9 @@ from broadcast_sync.config import Mode
 from broadcast_sync.events import Event, EventId, EventKind
 from broadcast_sync.handshake import Arrival
 from broadcast_sync.log import EventLog, LogUnavailable
+from broadcast_sync.metrics import Disconnect, Metrics
 from broadcast_sync.ratelimit import RateLimiter, Verdict
+from broadcast_sync.transport import Transport
 from broadcast_sync.validation import (
     InvalidMessage,
     check_message,
@@ -89,27 +91,33 @@ class Session:
 
     def __init__(
         self,
-        sock: socket.socket,
+        transport: Transport,
         address: str,
         name: str,
         *,
         config: ServerConfig,
         room: Room,
         log: EventLog,
+        metrics: Metrics,
         arrival: Arrival,
         trailing_data: bytes = b"",
     ) -> None:
-        self.sock = sock
+        self.sock = transport.sock
         self.address = address
         self.name = name
         self.format = arrival.format
-        #: Why the session ended, for the log; the first reason given wins.
-        #: Written under ``_lock``.
+        #: Why the session ended, for the metrics and the log; the first
+        #: reason given wins. Written under ``_lock``.
+        self.ending: Disconnect | None = None
         self.end_reason = ""
+        #: The close code sent or received, if the session ended with one.
+        self.end_code: int | None = None
         #: Monotonic time of the last bytes received. Written by the reader,
         #: read by the heartbeat: a float assignment needs no lock.
         self.last_seen = time.monotonic()
         self._config = config
+        #: Driven only with ``_lock`` held: one TLS object, several threads.
+        self._transport = transport
         self._room = room
         self._log = log
         self._arrival = arrival
@@ -121,6 +129,10 @@ class Session:
         self._limiter = RateLimiter(config.rate_limit, config.rate_window)
         self._assembler = MessageAssembler(config.max_message_bytes)
         self._relay = config.mode is Mode.RELAY
+        self._metrics = metrics
+        #: Messages of the current batch of frames, and those rate limited.
+        self._batch_received = 0
+        self._batch_limited = 0
         #: The last event this client logged.
         self._last_id: EventId | None = None
         #: Whether its join was logged, and so its leave must be.
@@ -128,7 +140,7 @@ class Session:
         self._left = False
         self._close_deadline = float("inf")
         self._poller = select.poll()
-        self._poller.register(sock, select.POLLIN)
+        self._poller.register(self.sock, select.POLLIN)
 
         # Guards the outgoing side of the socket, ``end_reason`` and the
         # fields below: the dispatcher, the heartbeat, the reader and the
@@ -154,39 +166,47 @@ class Session:
             if not self._closed:
                 self._send_locked(data)
 
-    def close(self, frame: bytes, reason: str = "") -> None:
+    def close(
+        self, frame: bytes, why: Disconnect | None = None, reason: str = ""
+    ) -> None:
         """Send the close ``frame`` after everything sent before it.
 
         Nothing is sent after it; once it is written, the server half-closes
-        the socket, as RFC 6455 asks of the server (section 7.1.1). ``reason``
-        is logged when the session ends, unless it has a reason already.
+        the socket, as RFC 6455 asks of the server (section 7.1.1). ``why``
+        and ``reason`` are counted and logged when the session ends, unless
+        it has a reason already.
         """
         with self._lock:
             if self._closed:
                 return
-            self._set_end_reason(reason)
+            if why is not None:
+                self._set_end(why, reason)
             self._send_locked(frame)
             self._closed = True
             if not self._backlog:
                 self._shutdown_write()
 
-    def abort(self, reason: str, code: int | None = None) -> None:
+    def abort(self, why: Disconnect, reason: str, code: int | None = None) -> None:
         """Cut the connection now, sending a close frame ``code`` if it fits.
 
         Shutting the socket down wakes the reader and the writer from their
         waits for the socket.
         """
         with self._lock:
-            self._abort_locked(reason, code)
+            self._abort_locked(why, reason, code)
 
     def _send_locked(self, data: bytes) -> None:
+        """Send ``data``, and whatever the transport has to send with it."""
+        data = self._transport.encode(data)
+        if not data:
+            return
         if not self._backlog:
             try:
                 sent = self.sock.send(data, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                self._abort_locked(f"send failed: {exc}")
+                self._abort_locked(Disconnect.LOST, f"send failed: {exc}")
                 return
             if sent == len(data):
                 return
@@ -196,18 +216,22 @@ class Session:
             self._outbox.put_nowait(data)
         except queue.Full:
             self._abort_locked(
+                Disconnect.SLOW,
                 f"too slow: {self._outbox.maxsize} writes pending",
                 frames.POLICY_VIOLATION,
             )
 
-    def _abort_locked(self, reason: str, code: int | None = None) -> None:
+    def _abort_locked(
+        self, why: Disconnect, reason: str, code: int | None = None
+    ) -> None:
         if self._aborted:
             return
-        self._set_end_reason(reason)
+        self._set_end(why, reason, code)
         if code is not None and not self._closed and not self._backlog:
             # Best effort: the socket is cut either way.
             with contextlib.suppress(OSError):
-                self.sock.send(frames.encode_close(code, reason), socket.MSG_DONTWAIT)
+                frame = self._transport.encode(frames.encode_close(code, reason))
+                self.sock.send(frame, socket.MSG_DONTWAIT)
         self._closed = True
         self._aborted = True
         with contextlib.suppress(OSError):  # the peer is gone already
@@ -218,15 +242,21 @@ class Session:
 
     def _shutdown_write(self) -> None:
         with contextlib.suppress(OSError):  # the peer is gone already
+            # Best effort: a TLS close_notify, then the socket's own end.
+            self.sock.send(self._transport.closing(), socket.MSG_DONTWAIT)
             self.sock.shutdown(socket.SHUT_WR)
 
-    def _record_end(self, reason: str) -> None:
+    def _record_end(
+        self, why: Disconnect, reason: str, code: int | None = None
+    ) -> None:
         with self._lock:
-            self._set_end_reason(reason)
+            self._set_end(why, reason, code)
 
-    def _set_end_reason(self, reason: str) -> None:
-        if not self.end_reason:
+    def _set_end(self, why: Disconnect, reason: str, code: int | None = None) -> None:
+        if self.ending is None:
+            self.ending = why
             self.end_reason = reason
+            self.end_code = code
 
     # Writer thread.
 
@@ -251,6 +281,7 @@ class Session:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not poller.poll(remaining * 1000):
                 self.abort(
+                    Disconnect.SLOW,
                     f"too slow: no write for {self._config.write_timeout:g} s",
                     frames.POLICY_VIOLATION,
                 )
@@ -260,7 +291,7 @@ class Session:
             except BlockingIOError:
                 continue
             except OSError as exc:
-                self.abort(f"send failed: {exc}")
+                self.abort(Disconnect.LOST, f"send failed: {exc}")
                 return False
             view = view[sent:]
         return True
@@ -277,19 +308,23 @@ class Session:
         try:
             self._read_loop()
         except TimeoutError:
-            self.abort("closing handshake timed out")
+            self.abort(Disconnect.LOST, "closing handshake timed out")
         except OSError as exc:
-            self.abort(f"connection lost: {exc}")
+            self.abort(Disconnect.LOST, f"connection lost: {exc}")
         finally:
-            self.abort("connection closed")
+            self.abort(Disconnect.LOST, "connection closed")
             self._writer.join()
             self._leave()
+            with self._lock:
+                ending = self.ending
+            assert ending is not None  # set by abort() at the latest
+            self._metrics.disconnected(ending)
 
     def _log_join(self) -> None:
         try:
             self._append(Event(EventKind.JOIN, self.name, time.time()))
         except LogUnavailable as exc:
-            self._fail(frames.TRY_AGAIN_LATER, str(exc))
+            self._fail(Disconnect.UNAVAILABLE, frames.TRY_AGAIN_LATER, str(exc))
         else:
             self._join_logged = True
 
@@ -302,22 +337,38 @@ class Session:
         while self._handle_events():
             data = self._receive()
             if not data:
-                self._record_end("connection lost without a close frame (1006)")
+                self._record_end(
+                    Disconnect.LOST, "connection lost without a close frame (1006)"
+                )
                 return
             self.last_seen = time.monotonic()
             if not self._left:  # after leaving, the rest is read and dropped
-                self._connection.receive_data(data)
+                data = self._decode(data)
+                if data:  # else a part of a TLS record: more must come
+                    self._connection.receive_data(data)
+
+    def _decode(self, data: bytes) -> bytes:
+        """The application bytes of the wire bytes ``data``, sending what
+        the transport must answer (TLS may have to)."""
+        with self._lock:
+            decoded = self._transport.decode(data)
+            if not self._closed:
+                self._send_locked(b"")
+        return decoded
 
     def _handle_events(self) -> bool:
         """Act on the events received so far; False when the connection is done."""
         if self._left:
             return True
+        going_on = True
         for event in self._connection.events():
-            if not self._handle(event):
-                return False
-            if self._left:
+            going_on = self._handle(event)
+            if not going_on or self._left:
                 break
-        return True
+        # Counted once per batch read, not per message: see metrics.py.
+        self._metrics.received(self._batch_received, self._batch_limited)
+        self._batch_received = self._batch_limited = 0
+        return going_on
 
     def _receive(self) -> bytes:
         """Wait for data, then read it; after leaving, only until the deadline.
@@ -346,31 +397,42 @@ class Session:
     def _on_close(self, event: CloseConnection) -> bool:
         if self._connection.state is ConnectionState.OPEN:
             # wsproto found a protocol error and reports it as a close.
-            self._fail(event.code, event.reason or "protocol error")
+            self._fail(
+                Disconnect.PROTOCOL, event.code, event.reason or "protocol error"
+            )
             return True
         with self._lock:
             closing_handshake_done = self._closed
         if closing_handshake_done:
-            self._record_end(f"closed by the server, client replied ({event.code})")
+            self._record_end(
+                Disconnect.CLIENT_CLOSE,
+                f"closed by the server, client replied ({event.code})",
+            )
             return False
         reason = event.reason or ""
         shown = f"{event.code}: {escape_controls(reason)}" if reason else event.code
-        self._leave(
-            frames.encode_close(event.code, reason), f"closed by the client ({shown})"
+        self._record_end(
+            Disconnect.CLIENT_CLOSE, f"closed by the client ({shown})", event.code
         )
+        self._leave(frames.encode_close(event.code, reason))
         return True
 
     def _on_data(self, event: TextMessage | BytesMessage) -> None:
         if isinstance(event, BytesMessage) and not self._relay:
-            self._fail(frames.UNSUPPORTED_DATA, "binary messages are not accepted")
+            self._fail(
+                Disconnect.PROTOCOL,
+                frames.UNSUPPORTED_DATA,
+                "binary messages are not accepted",
+            )
             return
         try:
             message = self._assembler.add(event.data, event.message_finished)
         except MessageTooBig as exc:
-            self._fail(frames.MESSAGE_TOO_BIG, str(exc))
+            self._fail(Disconnect.TOO_BIG, frames.MESSAGE_TOO_BIG, str(exc))
             return
         if message is None:
             return
+        self._batch_received += 1
         if not self._within_rate():
             return
         if self._relay:
@@ -384,12 +446,14 @@ class Session:
         verdict = self._limiter.check(time.monotonic())
         if verdict is Verdict.ALLOW:
             return True
+        self._batch_limited += 1
         logger.debug("%s (%s): rate limited, dropped", self.name, self.address)
         if verdict is Verdict.DROP_AND_NOTIFY:
             logger.info(
                 "%s (%s): over the rate limit, dropping messages",
                 self.name,
                 self.address,
+                extra=self._log_fields("rate limit"),
             )
             if not self._relay:  # relayed data gets no text mixed in
                 self._notify(
@@ -404,14 +468,26 @@ class Session:
         try:
             check_message(message, self._config.max_message_chars)
         except InvalidMessage as exc:
-            logger.info("%s (%s): %s", self.name, self.address, exc)
+            logger.info(
+                "%s (%s): %s",
+                self.name,
+                self.address,
+                exc,
+                extra=self._log_fields(str(exc)),
+            )
             self._notify(str(exc))
             return
         logger.debug("%s: %s", self.name, message)
         try:
             self._append(Event(EventKind.MESSAGE, self.name, time.time(), message))
         except LogUnavailable as exc:
-            logger.info("%s (%s): message not logged: %s", self.name, self.address, exc)
+            logger.info(
+                "%s (%s): message not logged: %s",
+                self.name,
+                self.address,
+                exc,
+                extra=self._log_fields(str(exc)),
+            )
             self._notify(f"message not sent: {exc}")
 
     def _relay_data(self, message: str | bytes) -> None:
@@ -419,18 +495,29 @@ class Session:
             self._append(Event(EventKind.DATA, self.name, time.time(), message))
         except LogUnavailable as exc:
             # Relayed data gets no text mixed in: the sender sees no echo.
-            logger.info("%s (%s): data not logged: %s", self.name, self.address, exc)
+            logger.info(
+                "%s (%s): data not logged: %s",
+                self.name,
+                self.address,
+                exc,
+                extra=self._log_fields(str(exc)),
+            )
+
+    def _log_fields(self, reason: str) -> dict[str, object]:
+        """The fields of a JSON log line about this client."""
+        return {"client": self.address, "user": self.name, "reason": reason}
 
     def _notify(self, text: str) -> None:
         """Send a notice to this client alone."""
         notice = frames.encode_message(messages.notice(text, self.format))
         self._room.send_to(self, notice)
 
-    def _fail(self, code: int, reason: str) -> None:
+    def _fail(self, why: Disconnect, code: int, reason: str) -> None:
         """Close the connection for a fault of the client's."""
-        self._leave(frames.encode_close(code, reason), f"{reason} ({code})")
+        self._record_end(why, f"{reason} ({code})", code)
+        self._leave(frames.encode_close(code, reason))
 
-    def _leave(self, close_frame: bytes | None = None, reason: str = "") -> None:
+    def _leave(self, close_frame: bytes | None = None) -> None:
         """Leave the room once, handing the close frame to the dispatcher.
 
         Going through the dispatcher sends the close frame after every event
@@ -441,8 +528,6 @@ class Session:
         if self._left:
             return
         self._left = True
-        if reason:
-            self._record_end(reason)
         close_timeout = self._config.close_timeout
         self._close_deadline = time.monotonic() + close_timeout
         self._room.remove(self, close_frame, after=self._last_id, wait=close_timeout)

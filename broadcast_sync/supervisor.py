@@ -15,26 +15,21 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import queue
 import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from broadcast_sync.config import ServerConfig
 from broadcast_sync.log import LogUnavailable
+from broadcast_sync.logs import LogSettings, configure
 from broadcast_sync.server import BroadcastServer
-
-if TYPE_CHECKING:
-    from multiprocessing.queues import Queue
-
-    #: What a worker tells the parent: ("ready", port) or ("failed", why).
-    ReadyQueue = Queue[tuple[str, int | str]]
+from broadcast_sync.transport import TLSSetupFailed
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +69,8 @@ def serve(config: ServerConfig, ready: Callable[[int], None]) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         server = BroadcastServer(config)
+    except TLSSetupFailed as exc:
+        raise StartFailed(str(exc)) from exc
     except OSError as exc:
         where = f"{config.host}:{config.port}"
         raise StartFailed(f"cannot listen on {where}: {exc}") from exc
@@ -86,15 +83,18 @@ def serve(config: ServerConfig, ready: Callable[[int], None]) -> None:
     server.stop()
 
 
-def run_worker(
-    config: ServerConfig, log_level: str, log_format: str, ready: ReadyQueue
-) -> None:
-    """A worker process: serve, telling the parent when it is ready."""
-    logging.basicConfig(level=log_level, format=log_format)
+def run_worker(config: ServerConfig, log: LogSettings, ready: Connection) -> None:
+    """A worker process: serve, telling the parent when it is ready.
+
+    ``ready`` is a pipe of this worker's own: ("ready", port) or ("failed",
+    why) goes through it. Not a queue shared by the workers: a worker killed
+    while it held the queue's lock would leave it locked for the others.
+    """
+    configure(log)
     try:
-        serve(config, lambda port: ready.put(("ready", port)))
+        serve(config, lambda port: ready.send(("ready", port)))
     except StartFailed as exc:
-        ready.put(("failed", str(exc)))
+        ready.send(("failed", str(exc)))
         sys.exit(1)
 
 
@@ -104,6 +104,8 @@ class _Worker:
 
     number: int
     process: BaseProcess
+    #: Where the worker says that it is ready, or why it failed.
+    ready: Connection
     started: float
     #: The delay before the next restart of this slot.
     backoff: float = RESTART_FIRST_SECONDS
@@ -116,12 +118,10 @@ class Supervisor:
     that the main loop waits on, with the workers' sentinels.
     """
 
-    def __init__(self, config: ServerConfig, log_level: str, log_format: str) -> None:
+    def __init__(self, config: ServerConfig, log: LogSettings) -> None:
         self._config = config
-        self._log_level = log_level
-        self._log_format = log_format
+        self._log = log
         self._context = multiprocessing.get_context("spawn")
-        self._ready: ReadyQueue = self._context.Queue()
         self._workers: list[_Worker] = []
         self._stopping = False
         self._wake_read, self._wake_write = os.pipe()
@@ -155,6 +155,9 @@ class Supervisor:
         """A socket bound to the port (not listening: it takes no
         connections), so that port 0 becomes one port for every worker."""
         placeholder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # As the workers do (allow_reuse_address): connections of a previous
+        # run, in TIME_WAIT, must not keep the port from a restart.
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             placeholder.bind((self._config.host, self._config.port))
@@ -165,30 +168,34 @@ class Supervisor:
         return placeholder
 
     def _spawn(self, number: int) -> _Worker:
+        ready, told = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=run_worker,
-            args=(self._config, self._log_level, self._log_format, self._ready),
+            args=(self._config, self._log, told),
             name=f"worker {number}",
         )
         process.start()
+        told.close()  # the worker's end: closed here, EOF once it exits
         logger.info("worker %d started (pid %d)", number, process.pid)
-        return _Worker(number, process, time.monotonic())
+        return _Worker(number, process, ready, time.monotonic())
 
     def _wait_all_ready(self) -> None:
         deadline = time.monotonic() + WORKER_START_SECONDS
-        for _ in self._workers:
-            try:
-                status, detail = self._ready.get(
-                    timeout=max(deadline - time.monotonic(), 0)
-                )
-            except queue.Empty as exc:
-                self._stop_all()
-                raise StartFailed(
-                    f"workers did not start within {WORKER_START_SECONDS:g} s"
-                ) from exc
+        for worker in self._workers:
+            status, detail = self._readiness(worker, deadline)
             if status != "ready":
                 self._stop_all()
                 raise StartFailed(str(detail))
+
+    def _readiness(self, worker: _Worker, deadline: float) -> tuple[str, int | str]:
+        """What ``worker`` says by ``deadline``: ready, or why it failed."""
+        if not worker.ready.poll(max(deadline - time.monotonic(), 0)):
+            return "failed", f"workers did not start within {WORKER_START_SECONDS:g} s"
+        try:
+            message: tuple[str, int | str] = worker.ready.recv()
+        except EOFError:  # it ended without a word: it crashed
+            return "failed", f"worker {worker.number} ended before it was ready"
+        return message
 
     def _supervise(self) -> None:
         """Restart workers that die, until asked to stop."""
@@ -226,6 +233,7 @@ class Supervisor:
         index = number - 1
         backoff = min(self._workers[index].backoff * 2, RESTART_MAX_SECONDS)
         self._workers[index].process.close()
+        self._workers[index].ready.close()
         self._workers[index] = self._spawn(number)
         self._workers[index].backoff = backoff
 
@@ -252,6 +260,7 @@ class Supervisor:
                 worker.process.join()
             if worker.process.exitcode != 0:
                 status = 1
+            worker.ready.close()
         logger.info("all workers stopped")
         return status
 

@@ -20,6 +20,7 @@ import pytest
 from playwright.sync_api import Locator, Page, Route, WebSocketRoute, expect
 
 from broadcast_sync.config import ServerConfig
+from broadcast_sync.metrics import Disconnect
 from broadcast_sync.server import BroadcastServer
 from tests.browser import Pages, browser_fixture, pages_fixture  # noqa: F401
 from tests.conftest import UNIT, join, receive_text, run_server
@@ -225,7 +226,7 @@ def cut(server: BroadcastServer, name: str) -> None:
     sessions = [member for member in server.hub.members() if member.name == name]
     assert sessions, f"{name} is not connected"
     for session in sessions:
-        session.abort("test")
+        session.abort(Disconnect.LOST, "test")
 
 
 def assert_no_sideways_scroll(page: Page) -> None:

@@ -35,6 +35,11 @@ START_OPTIONS = (
     "--mode",
     "--no-web",
     "--allowed-origin",
+    "--trusted-proxy",
+    "--certfile",
+    "--keyfile",
+    "--keyfile-password-env",
+    "--metrics-allow",
     "--history-size",
     "--redis",
     "--redis-prefix",
@@ -53,6 +58,7 @@ START_OPTIONS = (
     "--handshake-timeout",
     "--close-timeout",
     "--log-level",
+    "--log-format",
 )
 CONNECT_OPTIONS = ("--host", "--port", "--username")
 
@@ -61,6 +67,7 @@ OPTION_FOR_FIELD = {
     "allowed_origins": "--allowed-origin",
     "redis_url": "--redis",
     "web": "--no-web",
+    "trusted_proxies": "--trusted-proxy",
 }
 
 

@@ -46,6 +46,7 @@ from broadcast_sync.clientproto import (
     text_line,
 )
 from broadcast_sync.config import Mode, ServerConfig
+from broadcast_sync.metrics import Disconnect
 from broadcast_sync.server import BroadcastServer
 from tests.conftest import UNIT, connect, join, receive, run_server, wait_until
 from tests.serverproc import ServerProcess
@@ -1082,7 +1083,7 @@ def test_resume_after_a_dropped_connection_has_no_duplicates(
         watcher.send("before")
         assert client.read_line() == "watcher: before"
         (bot,) = [member for member in server.hub.members() if member.name == "bot"]
-        bot.abort("test")
+        bot.abort(Disconnect.LOST, "test")
         assert client.read_line() == (
             "connection lost (closed without a close frame); reconnecting"
         )

@@ -47,6 +47,7 @@ from broadcast_sync.messages import (
     server_notice,
     welcome_json,
 )
+from broadcast_sync.metrics import Disconnect, Metrics
 from broadcast_sync.names import RoomFull
 from tests.conftest import UNIT, WELCOME_LIMITS
 
@@ -462,7 +463,9 @@ class FakeMember:
         self.name = name
         self.address = f"fake {name}"
         self.format = format
+        self.ending: Disconnect | None = None
         self.end_reason = ""
+        self.end_code: int | None = None
         self.last_seen = 0.0
         #: Guards the fields below; notified on every change.
         self._changed = threading.Condition()
@@ -488,14 +491,16 @@ class FakeMember:
             self._frames += parsed
             self._changed.notify_all()
 
-    def close(self, frame: bytes, reason: str = "") -> None:
+    def close(
+        self, frame: bytes, why: Disconnect | None = None, reason: str = ""
+    ) -> None:
         """Record the close frame."""
         self.send(frame)
         with self._changed:
             self.closed = True
             self._changed.notify_all()
 
-    def abort(self, reason: str, code: int | None = None) -> None:
+    def abort(self, why: Disconnect, reason: str, code: int | None = None) -> None:
         """Record the abort."""
         with self._changed:
             self.aborted = True
@@ -586,6 +591,7 @@ def running_room(
         batch_window=0,
         max_message_chars=ServerConfig.max_message_chars,
         max_message_bytes=ServerConfig.max_message_bytes,
+        metrics=Metrics(),
     )
     dispatcher.start()
     try:
