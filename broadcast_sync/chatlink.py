@@ -26,6 +26,11 @@ restarted, or the events are gone), the user is told that some may be
 missing. A server that speaks only text is detected (a 400 to
 ``format=json``, or a first frame that is not a welcome) and then spoken to
 in text, with no resume.
+
+Over ``wss://`` all of this runs through TLS, which every connection does
+again. A certificate that is not trusted ends the link, even while it
+reconnects: like a refusal, it would not change by trying again, and the
+server may not be the one the user trusted.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import dataclasses
 import enum
 import math
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -62,9 +68,11 @@ from broadcast_sync.clientproto import (
     render,
     text_line,
 )
+from broadcast_sync.clienttls import untrusted_certificate
+from broadcast_sync.endpoint import Endpoint
 from broadcast_sync.terminal import Console
 
-#: Connecting and the handshake, together, may take this long.
+#: Connecting, TLS and the handshake, together, may take this long.
 HANDSHAKE_TIMEOUT = 10.0
 #: How long the server may take to answer our close frame and hang up.
 CLOSE_TIMEOUT = 5.0
@@ -125,6 +133,7 @@ class ChatLink:
     """Keeps the client connected; call :meth:`start`, then :meth:`join`.
 
     Args:
+        tls: The TLS context of a ``wss://`` endpoint; None for ``ws://``.
         on_end: Called by the link's thread when it ends on its own (to wake
             the main thread from reading its input).
         policy: When to reconnect and give up (default: RECONNECT_POLICY).
@@ -132,16 +141,18 @@ class ChatLink:
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        endpoint: Endpoint,
         username: str,
         console: Console,
         *,
+        tls: ssl.SSLContext | None = None,
         on_end: Callable[[], None],
         policy: ReconnectPolicy | None = None,
     ) -> None:
-        self._host = host
-        self._port = port
+        if endpoint.secure != (tls is not None):
+            raise ValueError("a TLS context is for a wss:// endpoint, and only it")
+        self._endpoint = endpoint
+        self._tls = tls
         self._username = username
         self._console = console
         self._on_end = on_end
@@ -235,8 +246,10 @@ class ChatLink:
             return Outcome(INTERRUPTED_STATUS)
         except HandshakeRejected as exc:
             return Outcome(1, f"the server refused the connection: {exc}")
+        except ssl.SSLCertVerificationError as exc:
+            return Outcome(1, untrusted_certificate(self._endpoint.address, exc))
         except OSError as exc:
-            where = f"{self._host}:{self._port}"
+            where = self._endpoint.address
             return Outcome(1, f"cannot connect to {where}: {describe_error(exc)}")
         with self._changed:
             self._phase = Phase.STARTED
@@ -267,7 +280,8 @@ class ChatLink:
         """Connect, in JSON if the server speaks it, resuming if we can.
 
         Raises:
-            HandshakeRejected, Interrupted, OSError: as ClientConnection.open.
+            HandshakeRejected, Interrupted, ssl.SSLCertVerificationError,
+            OSError: as ClientConnection.open.
         """
         try:
             connection = self._open()
@@ -287,9 +301,10 @@ class ChatLink:
             self._username, json_format=self._json, since=self._last_id
         )
         return ClientConnection.open(
-            self._host,
-            self._port,
-            target,
+            self._endpoint.host,
+            self._endpoint.port,
+            self._endpoint.target(target),
+            tls=self._tls,
             timeout=HANDSHAKE_TIMEOUT,
             waker=self._waker,
             should_stop=self._interrupted,
@@ -404,11 +419,14 @@ class ChatLink:
                 if not is_transient(exc.status):
                     return Outcome(1, f"the server refused the connection: {exc}")
                 error = str(exc)
+            except ssl.SSLCertVerificationError as exc:
+                # Final, as a refusal: the server is not the one we trusted.
+                return Outcome(1, untrusted_certificate(self._endpoint.address, exc))
             except OSError as exc:
                 error = describe_error(exc)
             failures += 1
             if failures >= self._policy.attempts:
-                where = f"{self._host}:{self._port}"
+                where = self._endpoint.address
                 return Outcome(
                     1,
                     f"cannot reconnect to {where}: {error} "

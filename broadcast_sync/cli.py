@@ -8,10 +8,12 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from broadcast_sync import __version__
 from broadcast_sync.client import run_client
 from broadcast_sync.config import Mode, Network, ServerConfig
+from broadcast_sync.endpoint import Endpoint, parse_url
 from broadcast_sync.logs import LogFormat, LogSettings, configure
 from broadcast_sync.proxies import parse_network
 from broadcast_sync.supervisor import READY_LINE, StartFailed, Supervisor, serve
@@ -293,18 +295,36 @@ def _add_connect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="join a server's chat from the terminal",
         description=(
             "Join a server's chat: print every message received, send every line "
-            "typed. Ctrl+C or end of input leaves the chat."
+            "typed. Ctrl+C or end of input leaves the chat. Name the server with "
+            "--host and --port, or with --url, which also says whether to use "
+            "TLS (wss://)."
         ),
     )
+
+    def url(text: str) -> Endpoint:
+        try:
+            return parse_url(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    connect.add_argument(
+        "--url",
+        type=url,
+        help=(
+            "server to connect to, as ws://HOST[:PORT][/PATH], or wss://... for "
+            "TLS; the port defaults to 80 for ws://, 443 for wss://, the path "
+            "to /ws; not allowed with --host or --port (default: "
+            "ws://HOST:PORT/ws from those)"
+        ),
+    )
+    # No defaults here: --url excludes these only when they are given.
     connect.add_argument(
         "--host",
-        default=os.environ.get("HOST", "localhost"),
         help="server to connect to (default: $HOST, else localhost)",
     )
     connect.add_argument(
         "--port",
         type=port,
-        default=os.environ.get("PORT", str(DEFAULT_PORT)),
         help="server port (default: $PORT, else 8080)",
     )
     connect.add_argument(
@@ -312,7 +332,26 @@ def _add_connect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=os.environ.get("USER_NAME", "anonymous"),
         help="name shown to others (default: $USER_NAME, else anonymous)",
     )
-    connect.set_defaults(run=_connect)
+    tls = connect.add_argument_group("TLS", "With a wss:// --url.")
+    trust = tls.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--cafile",
+        metavar="PEM",
+        help=(
+            "trust the certificate authorities in this PEM file, and only "
+            "them, to vouch for the server's certificate (default: the "
+            "system's)"
+        ),
+    )
+    trust.add_argument(
+        "--insecure",
+        action="store_true",
+        help=(
+            "check no certificate: anyone on the way can read and change the "
+            "chat; for self-signed test servers only"
+        ),
+    )
+    connect.set_defaults(run=_connect, usage_error=connect.error)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -364,8 +403,31 @@ def _print_ready(port: int) -> None:
 
 
 def _connect(args: argparse.Namespace) -> int:
+    usage_error: Callable[[str], NoReturn] = args.usage_error
+    endpoint: Endpoint | None = args.url
+    if endpoint is None:
+        port_number = args.port
+        if port_number is None:
+            try:
+                port_number = port(os.environ.get("PORT", str(DEFAULT_PORT)))
+            except argparse.ArgumentTypeError as exc:
+                usage_error(f"argument --port: {exc}")
+        host = args.host
+        if host is None:
+            host = os.environ.get("HOST", "localhost")
+        endpoint = Endpoint(host, port_number)
+    else:
+        for option in ("host", "port"):
+            if getattr(args, option) is not None:
+                usage_error(f"argument --url: not allowed with argument --{option}")
+    if not endpoint.secure:
+        for option in ("cafile", "insecure"):
+            if getattr(args, option):
+                usage_error(f"argument --{option}: only for a wss:// --url")
     try:
-        return run_client(args.host, args.port, args.username)
+        return run_client(
+            endpoint, args.username, cafile=args.cafile, insecure=args.insecure
+        )
     except KeyboardInterrupt:  # while connecting
         return 130
 

@@ -14,14 +14,34 @@ from collections.abc import Iterator
 from types import FrameType
 
 from broadcast_sync.chatlink import ChatLink
+from broadcast_sync.clienttls import UnusableCAFile, client_context
+from broadcast_sync.endpoint import Endpoint
 from broadcast_sync.terminal import PROMPT, Console
 from broadcast_sync.validation import escape_controls
 
 
-def run_client(host: str, port: int, username: str) -> int:
+def run_client(
+    endpoint: Endpoint,
+    username: str,
+    *,
+    cafile: str | None = None,
+    insecure: bool = False,
+) -> int:
     """Chat until end of input or Ctrl+C, or until the link gives up;
-    return the exit status."""
-    where = escape_controls(f"{host}:{port} as {username}")
+    return the exit status.
+
+    Args:
+        cafile: Over TLS, trust the CAs in this PEM file, not the system's.
+        insecure: Over TLS, check no certificate at all.
+    """
+    tls = None
+    if endpoint.secure:
+        try:
+            tls = client_context(cafile=cafile, insecure=insecure)
+        except UnusableCAFile as exc:
+            _warn(str(exc))
+            return 1
+    where = escape_controls(f"{endpoint.shown} as {username}")
     print(f"Connecting to {where}...", flush=True)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     main_thread = threading.get_ident()
@@ -34,7 +54,11 @@ def run_client(host: str, port: int, username: str) -> int:
             signal.pthread_kill(main_thread, signal.SIGINT)
 
     link = ChatLink(
-        host, port, username, Console(sys.stdout, interactive), on_end=wake_main
+        endpoint,
+        username,
+        Console(sys.stdout, interactive),
+        tls=tls,
+        on_end=wake_main,
     )
 
     def interrupt(signum: int, frame: FrameType | None) -> None:

@@ -5,6 +5,9 @@ bytes between it and a non-blocking socket, as the server's session does. It
 starts no thread: one owner (the chat link's thread) calls everything here.
 Every wait is a select() on the socket and on a :class:`Waker`, with a
 deadline, so that another thread can always get the owner's attention.
+Over TLS (``wss://``), the bytes of the socket pass through a
+:class:`~broadcast_sync.tls.MemoryTLS`, and the waits stay the same:
+see that module's strategy.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import errno
 import os
 import select
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
@@ -34,6 +38,8 @@ from wsproto.events import (
 )
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
+
+from broadcast_sync.tls import MemoryTLS, describe_tls_error
 
 #: Bytes read from the socket at a time.
 RECEIVE_BYTES = 65536
@@ -139,9 +145,13 @@ class ClientConnection:
     until :attr:`eof`; then :meth:`close_socket`.
     """
 
-    def __init__(self, sock: socket.socket, ws: WSConnection) -> None:
+    def __init__(
+        self, sock: socket.socket, ws: WSConnection, tls: MemoryTLS | None = None
+    ) -> None:
         self.sock = sock
         self._ws = ws
+        #: The connection's TLS, which every byte passes through; None: plain.
+        self._tls = tls
         #: How the connection ended, once it did (the closing handshake may
         #: still have to reach the end of the socket).
         self.closed: Closed | None = None
@@ -164,6 +174,7 @@ class ClientConnection:
         port: int,
         target: str,
         *,
+        tls: ssl.SSLContext | None = None,
         timeout: float,
         waker: Waker,
         should_stop: Callable[[], bool],
@@ -171,15 +182,19 @@ class ClientConnection:
         """Connect to ``host:port`` and do the handshake for ``target``.
 
         Args:
-            timeout: Seconds that connecting and the handshake may take.
+            tls: Speak TLS, with this context, before the handshake.
+            timeout: Seconds that connecting, TLS and the handshake may take.
             waker: Wakes the wait to check ``should_stop``.
             should_stop: Whether to give up at once, raising Interrupted.
 
         Raises:
             HandshakeRejected: if the server answers with an HTTP status.
             Interrupted: if ``should_stop`` said so.
+            ssl.SSLCertVerificationError: if the server's certificate is not
+                trusted.
             OSError: if the connection fails, times out (TimeoutError), or
-                the answer is not a WebSocket handshake (ConnectionError).
+                the answer is not a TLS or WebSocket handshake
+                (ConnectionError).
         """
         deadline = time.monotonic() + timeout
 
@@ -188,7 +203,11 @@ class ClientConnection:
 
         sock = _connect(host, port, wait)
         try:
-            connection = cls(sock, WSConnection(ConnectionType.CLIENT))
+            secure = None
+            if tls is not None:
+                secure = MemoryTLS(tls, server_side=False, server_hostname=host)
+                _tls_handshake(sock, secure, wait)
+            connection = cls(sock, WSConnection(ConnectionType.CLIENT), secure)
             connection._handshake(_host_header(host, port), target, wait)
         except BaseException:
             sock.close()
@@ -207,12 +226,11 @@ class ClientConnection:
         body = b""
         while True:
             wait(self.sock, write=False)
-            try:
-                data = self.sock.recv(RECEIVE_BYTES)
-            except BlockingIOError:
+            data = self._receive()
+            if data == b"":
                 continue
             try:
-                self._ws.receive_data(data or None)
+                self._ws.receive_data(data)
                 for event in self._ws.events():
                     if isinstance(event, AcceptConnection):
                         # Frames sent with the response wait in wsproto for
@@ -230,7 +248,7 @@ class ClientConnection:
                             raise HandshakeRejected(status, text)
             except RemoteProtocolError as exc:
                 raise ConnectionError(f"not a WebSocket handshake: {exc}") from None
-            if not data:
+            if data is None:
                 raise ConnectionError(
                     "the server closed the connection during the handshake"
                 )
@@ -286,19 +304,39 @@ class ClientConnection:
     def read(self) -> None:
         """Read what the socket has; :meth:`take_messages` gives the result."""
         try:
-            data = self.sock.recv(RECEIVE_BYTES)
-        except BlockingIOError:
-            return
-        except OSError as exc:
+            data = self._receive()
+        except OSError as exc:  # ssl.SSLError included
             self._break(describe_error(exc))
             return
-        if not data:
+        if data is None:
             self._break("closed without a close frame")
             return
-        self.last_received = time.monotonic()
-        if self._ws.state is not ConnectionState.CLOSED:
+        if data and self._ws.state is not ConnectionState.CLOSED:
             self._ws.receive_data(data)
-        # Else what follows the closing handshake: dropped.
+        # Else a part of a TLS record, or what follows the closing
+        # handshake: dropped.
+
+    def _receive(self) -> bytes | None:
+        """The application bytes that the socket has: b"" if none yet (none
+        came, or only a part of a TLS record), None at its end.
+
+        Raises:
+            OSError: if reading fails (ssl.SSLError: TLS failed).
+        """
+        try:
+            data = self.sock.recv(RECEIVE_BYTES)
+        except BlockingIOError:
+            return b""
+        if not data:
+            return None
+        self.last_received = time.monotonic()
+        if self._tls is None:
+            return data
+        plain = self._tls.decode(data)
+        # Reading may give the SSL object something to answer (a key update).
+        if answer := self._tls.output():
+            self._outgoing.append(_Frame(answer))
+        return plain
 
     def take_messages(self) -> list[str | bytes]:
         """The messages received whole; pings answered, closes handled."""
@@ -352,6 +390,11 @@ class ClientConnection:
             self._ws.receive_data(None)
 
     def _queue(self, data: bytes, line: str | None = None) -> None:
+        """Queue ``data`` for the socket, encrypted first over TLS: frames
+        are encrypted in the order they are queued, which is the order in
+        which they must be written."""
+        if self._tls is not None:
+            data = self._tls.encode(data)
         self._outgoing.append(_Frame(data, line))
 
 
@@ -412,6 +455,63 @@ def _connect(host: str, port: int, wait: Callable[..., None]) -> socket.socket:
     raise error
 
 
+def _tls_handshake(
+    sock: socket.socket, tls: MemoryTLS, wait: Callable[..., None]
+) -> None:
+    """Do the TLS handshake on ``sock``, waiting for it with ``wait``.
+
+    Raises:
+        ssl.SSLCertVerificationError: if the server's certificate is not
+            trusted.
+        ConnectionError: if the handshake fails otherwise.
+        TimeoutError, Interrupted: as ``wait``.
+    """
+    while True:
+        try:
+            done = tls.handshake()
+        except ssl.SSLCertVerificationError:
+            # Best effort: tell the server why, with the alert OpenSSL made.
+            with contextlib.suppress(OSError):
+                sock.send(tls.output())
+            raise
+        except ssl.SSLError as exc:
+            with contextlib.suppress(OSError):
+                sock.send(tls.output())
+            raise ConnectionError(f"TLS handshake failed: {_tls_failure(exc)}") from exc
+        _send_whole(sock, tls.output(), wait)
+        if done:
+            return
+        wait(sock, write=False)
+        try:
+            data = sock.recv(RECEIVE_BYTES)
+        except BlockingIOError:
+            continue
+        if not data:
+            raise ConnectionError(
+                "the server closed the connection during the TLS handshake"
+            )
+        tls.feed(data)
+
+
+def _tls_failure(exc: ssl.SSLError) -> str:
+    """Why a TLS handshake failed, with a hint when the server answered in
+    plain text: no TLS server at all."""
+    reason = describe_tls_error(exc)
+    if exc.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE"):
+        reason += " (is it a plain ws:// server?)"
+    return reason
+
+
+def _send_whole(sock: socket.socket, data: bytes, wait: Callable[..., None]) -> None:
+    """Send all of ``data``, waiting with ``wait`` while the socket is full."""
+    sent = 0
+    while sent < len(data):
+        try:
+            sent += sock.send(data[sent:])
+        except BlockingIOError:
+            wait(sock, write=True)
+
+
 def _host_header(host: str, port: int) -> str:
     if ":" in host:  # an IPv6 address
         host = f"[{host}]"
@@ -426,6 +526,8 @@ def _joined(fragments: list[str | bytes]) -> str | bytes:
 
 def describe_error(exc: OSError) -> str:
     """What went wrong, in a few words: ``connection refused``."""
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {describe_tls_error(exc)}"
     if exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__

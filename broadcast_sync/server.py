@@ -402,6 +402,11 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             self._refuse(exc)
             return
         except TimeoutError:
+            if not self._transport.established:  # nothing can be said to it
+                self.server.note_connection(
+                    self._peer, f"dropped {self._peer}: TLS handshake timed out"
+                )
+                return
             timeout = HTTPError(HTTPStatus.REQUEST_TIMEOUT, "handshake timed out")
             self.server.note_refusal(self._peer, timeout)
             self.server.metrics.handshake(timeout.status)

@@ -142,9 +142,10 @@ class Session:
         self._poller = select.poll()
         self._poller.register(self.sock, select.POLLIN)
 
-        # Guards the outgoing side of the socket, ``end_reason`` and the
-        # fields below: the dispatcher, the heartbeat, the reader and the
-        # writer all send.
+        # Guards the outgoing side of the socket, the transport (TLS state
+        # is one object for both directions), ``ending`` and the fields
+        # below: the dispatcher, the heartbeat, the reader and the writer all
+        # send.
         self._lock = threading.Lock()
         #: True while the writer thread owns the outgoing side.
         self._backlog = False
@@ -241,9 +242,10 @@ class Session:
             self._outbox.put_nowait(None)
 
     def _shutdown_write(self) -> None:
+        closing = self._transport.closing()  # TLS: a close_notify
         with contextlib.suppress(OSError):  # the peer is gone already
-            # Best effort: a TLS close_notify, then the socket's own end.
-            self.sock.send(self._transport.closing(), socket.MSG_DONTWAIT)
+            if closing:
+                self.sock.send(closing, socket.MSG_DONTWAIT)  # best effort
             self.sock.shutdown(socket.SHUT_WR)
 
     def _record_end(

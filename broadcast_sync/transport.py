@@ -1,17 +1,11 @@
 """How bytes cross a client's connection: as they are, or through TLS.
 
-Strategy: TLS runs on an ``ssl.SSLObject`` over two ``ssl.MemoryBIO``s per
-client, not on an ``ssl.SSLSocket``. The session's fast path needs three
-things that an ``SSLSocket`` refuses: the dispatcher sends with
-``MSG_DONTWAIT``, which it rejects; the reader waits in ``poll()`` on the
-raw descriptor, and ``SSLSocket`` may hold decrypted bytes that ``poll()``
-cannot see; and several threads send on one connection, while one SSL object
-must never be driven by two threads at once. Over memory BIOs, TLS becomes
-a function from bytes to bytes, like wsproto: the session encrypts under its
-own lock and sends the ciphertext on the raw socket exactly as it sends
-plain bytes, and the reader decrypts what it read under the same lock,
-reading out every complete record, so nothing waits unseen. The cost:
-encryption is per client, so a broadcast is encrypted once per member.
+The session sends on one connection from several threads, with
+``MSG_DONTWAIT``, and its reader waits in ``poll()`` on the raw socket: so
+TLS is bytes to bytes (:mod:`broadcast_sync.tls`), encrypted and decrypted
+under the session's lock, and the ciphertext goes out exactly as plain
+bytes do. The cost: encryption is per client, so a broadcast is encrypted
+once per member.
 
 A transport has two lives. During the handshake, one thread owns it and
 reads with a deadline (:meth:`Transport.receive_by`). Afterwards, the
@@ -21,19 +15,18 @@ holding its lock.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Protocol
 
 from broadcast_sync.config import ServerConfig
 from broadcast_sync.http11 import HTTPError
+from broadcast_sync.tls import MemoryTLS, describe_tls_error
 
-#: Plaintext read out of the SSL object at a time: one TLS record's worth.
-RECORD_BYTES = 16384
 #: Raw bytes read at a time during the handshake.
 RECEIVE_BYTES = 4096
 
@@ -57,6 +50,11 @@ class Transport(Protocol):
     @property
     def sock(self) -> socket.socket:
         """The connection's socket, which carries the wire bytes."""
+
+    @property
+    def established(self) -> bool:
+        """Whether the transport's own handshake is done, so that the client
+        can be answered."""
 
     def handshake(self, deadline: float) -> None:
         """Complete the transport's own handshake by ``deadline``.
@@ -90,6 +88,9 @@ class Transport(Protocol):
 class PlainTransport:
     """Bytes as they are."""
 
+    #: There is no handshake of its own to wait for.
+    established = True
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
@@ -115,13 +116,14 @@ class PlainTransport:
 
 
 class TLSTransport:
-    """TLS on an SSL object over memory buffers (see the module's strategy)."""
+    """TLS over memory buffers (see :mod:`broadcast_sync.tls`)."""
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
         self.sock = sock
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._tls = MemoryTLS(context, server_side=True)
+        #: Whether the TLS handshake is done: before it, nothing can be
+        #: said to the client, not even a refusal.
+        self.established = False
 
     def handshake(self, deadline: float) -> None:
         """The TLS handshake, answering each flight of the client's.
@@ -129,71 +131,46 @@ class TLSTransport:
         A plain HTTP request is answered with 400 in plain text, as nginx
         does, so that a user who typed http:// learns why.
         """
-        while True:
-            try:
-                self._tls.do_handshake()
-            except ssl.SSLWantReadError:
+        try:
+            while not self._tls.handshake():
                 self._flush(deadline)
-                self._feed(deadline)
-            except ssl.SSLError as exc:
-                if exc.reason == "HTTP_REQUEST":
-                    raise NotTLS from exc
-                raise
-            else:
-                self._flush(deadline)  # its last flight, and session tickets
-                return
+                self._tls.feed(self._receive(deadline))
+        except ssl.SSLError as exc:
+            if exc.reason == "HTTP_REQUEST":
+                raise NotTLS from exc
+            raise
+        self._flush(deadline)  # its last flight, and session tickets
+        self.established = True
 
     def receive_by(self, deadline: float, size: int) -> bytes:
         """Decrypted bytes, reading the socket until ``deadline`` for them."""
         while True:
-            data = self.decode(b"")
+            data = self._tls.decode(b"")
             if data:
                 return data
-            if not self._feed(deadline):
+            data = self._receive(deadline)
+            if not data:
                 return b""
+            self._tls.feed(data)
 
     def encode(self, data: bytes) -> bytes:
-        """``data`` encrypted, after whatever the SSL object had to send."""
-        if data:
-            self._tls.write(data)
-        return self._outgoing.read()
+        """``data`` encrypted, after whatever TLS had to send."""
+        return self._tls.encode(data)
 
     def decode(self, data: bytes) -> bytes:
         """Every complete record of ``data`` and what came before, decrypted."""
-        if data:
-            self._incoming.write(data)
-        chunks = []
-        while True:
-            try:
-                chunk = self._tls.read(RECORD_BYTES)
-            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-                # Zero return: the client's close_notify. The socket's end
-                # follows, and the reader acts on that.
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return self._tls.decode(data)
 
     def closing(self) -> bytes:
         """A close_notify alert."""
-        # SSLWantReadError: it waits for the client's close_notify; we do not.
-        with contextlib.suppress(ssl.SSLError):
-            self._tls.unwrap()
-        return self._outgoing.read()
+        return self._tls.close()
 
-    def _feed(self, deadline: float) -> bool:
-        """Read wire bytes into the SSL object; False at the end of input."""
+    def _receive(self, deadline: float) -> bytes:
         self.sock.settimeout(_remaining(deadline))
-        data = self.sock.recv(RECEIVE_BYTES)
-        if data:
-            self._incoming.write(data)
-        else:
-            self._incoming.write_eof()
-        return bool(data)
+        return self.sock.recv(RECEIVE_BYTES)
 
     def _flush(self, deadline: float) -> None:
-        data = self._outgoing.read()
+        data = self._tls.output()
         if data:
             self.sock.settimeout(_remaining(deadline))
             self.sock.sendall(data)
@@ -217,22 +194,38 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     """
     if config.certfile is None:
         return None
-    password = None
-    if config.keyfile_password_env is not None:
-        password = os.environ.get(config.keyfile_password_env)
-        if password is None:
-            raise TLSSetupFailed(
-                f"the key's password variable {config.keyfile_password_env} is not set"
-            )
+    password = _key_password(config)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
+    files = config.certfile + (f" and {config.keyfile}" if config.keyfile else "")
     try:
         context.load_cert_chain(config.certfile, config.keyfile, password)
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise TLSSetupFailed(
-            f"cannot use the certificate {config.certfile}"
-            + (f" and the key {config.keyfile}" if config.keyfile else "")
-            + f": {exc}"
-        ) from exc
+    except ssl.SSLError as exc:
+        raise TLSSetupFailed(f"cannot use {files}: {describe_tls_error(exc)}") from exc
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise TLSSetupFailed(f"cannot read {files}: {reason}") from exc
     return context
+
+
+def _key_password(config: ServerConfig) -> Callable[[], str]:
+    """What OpenSSL calls for the key's password, if the key has one.
+
+    A function rather than a string: with no password given, OpenSSL would
+    ask for one on the terminal, and a server must not wait there.
+    """
+    variable = config.keyfile_password_env
+
+    def password() -> str:
+        if variable is None:
+            raise TLSSetupFailed(
+                f"the key in {config.keyfile or config.certfile} is encrypted: "
+                "give its password with --keyfile-password-env"
+            )
+        value = os.environ.get(variable)
+        if value is None:
+            raise TLSSetupFailed(f"the key's password variable {variable} is not set")
+        return value
+
+    return password

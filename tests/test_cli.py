@@ -60,7 +60,7 @@ START_OPTIONS = (
     "--log-level",
     "--log-format",
 )
-CONNECT_OPTIONS = ("--host", "--port", "--username")
+CONNECT_OPTIONS = ("--url", "--host", "--port", "--username", "--cafile", "--insecure")
 
 #: ServerConfig fields whose option is not named after the field.
 OPTION_FOR_FIELD = {
