@@ -80,8 +80,13 @@ coverage: $(STAMP)
 conformance: $(STAMP)
 	$(BIN)/python -m tests.conformance --quick
 
+# All of it twice: plain, then over TLS (report in conformance-report/tls/).
+# Each prints its summary; the target fails if either run does. A set-up
+# failure (2) or Ctrl+C (130) in the first stops before the second.
 conformance-full: $(STAMP)
-	$(BIN)/python -m tests.conformance
+	$(BIN)/python -m tests.conformance; plain=$$?; \
+	[ $$plain -le 1 ] || exit $$plain; \
+	$(BIN)/python -m tests.conformance --tls && exit $$plain
 
 # Both modes, one after the other: the log in memory, then in a redis-server
 # of the benchmark's own (bench-results/latest.json, latest-redis.json).

@@ -504,8 +504,11 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         """
         deadline = min(time.monotonic() + LINGER_SECONDS, self._deadline)
         discarded = 0
+        closing = self._transport.closing()  # TLS: a close_notify, encrypted
         with contextlib.suppress(OSError):  # timeouts included
-            self._send(self._transport.closing())
+            if closing:
+                self.request.settimeout(max(deadline - time.monotonic(), 0.001))
+                self.request.sendall(closing)
             self.request.shutdown(socket.SHUT_WR)
             while discarded < LINGER_BYTES:
                 self.request.settimeout(max(deadline - time.monotonic(), 0.001))

@@ -738,6 +738,9 @@ def test_unfinished_tls_handshake_is_dropped_in_time(
         bob.send("unaffected")
         assert ws_receive(bob) == "bob: unaffected"
     assert server_errors(caplog) == []
+    lines = [record.getMessage() for record in caplog.records]
+    dropped = [line for line in lines if "TLS handshake" in line]
+    assert dropped == [f"dropped 127.0.0.1:{local_port}: TLS handshake timed out"]
 
 
 def test_client_tls_handshake_times_out() -> None:
@@ -799,6 +802,27 @@ def test_page_health_and_metrics_over_https(certs: Certificates) -> None:
         finally:
             connection.close()
         assert body
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/nowhere"])
+def test_an_http_answer_over_tls_ends_with_close_notify(
+    certs: Certificates, path: str
+) -> None:
+    """An answer to a plain request, a refusal included, ends the TLS session
+    cleanly: a close_notify, then the end of the connection."""
+    with (
+        run_server(**tls_options(certs.good)) as server,
+        trusting(certs.good.ca).wrap_socket(
+            socket.create_connection(("127.0.0.1", server.port), MESSAGE_TIMEOUT),
+            server_hostname="127.0.0.1",
+            suppress_ragged_eofs=False,
+        ) as tls,
+    ):
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        answer = b""
+        while chunk := tls.recv(4096):  # an unclean end raises SSLEOFError
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 ")
 
 
 # Starting the server

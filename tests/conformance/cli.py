@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from types import FrameType
 
 from broadcast_sync.cli import positive_float
 from tests.conformance import suite
+from tests.conformance.certificate import Certificate, self_signed
 from tests.conformance.environment import REPOSITORY, SetupError, ensure_wstest
 from tests.conformance.serverproc import ServerError, ServerProcess
 from tests.conformance.suite import SuiteRun
@@ -18,6 +20,8 @@ from tests.conformance.summary import ReportError, Summary, load_details, load_i
 from tests.conformance.summary import render as render_summary
 
 DEFAULT_REPORT_DIR = REPOSITORY / "conformance-report"
+#: Inside the plain run's directory: both reports are kept, and ignored by git.
+DEFAULT_TLS_REPORT_DIR = DEFAULT_REPORT_DIR / "tls"
 #: A quick run takes about 10 s against a correct server: most of it cases
 #: that wait a second on purpose (5.19, 5.20, 6.4.*).
 QUICK_TIMEOUT_SECONDS = 120.0
@@ -44,11 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave out 9.* (limits and performance) too: about 10 s",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help=(
+            "run over TLS (wss://): the server gets a self-signed certificate "
+            "for 127.0.0.1 made for this run, which wstest trusts and verifies"
+        ),
+    )
+    parser.add_argument(
         "--report-dir",
         type=Path,
-        default=DEFAULT_REPORT_DIR,
         metavar="DIR",
-        help="where Autobahn writes its report (default: conformance-report/)",
+        help=(
+            "where Autobahn writes its report (default: conformance-report/, "
+            "with --tls conformance-report/tls/)"
+        ),
     )
     parser.add_argument(
         "--timeout",
@@ -101,25 +115,45 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def default_report_dir(tls: bool) -> Path:
+    """Where the report goes unless ``--report-dir`` says: one per transport."""
+    return DEFAULT_TLS_REPORT_DIR if tls else DEFAULT_REPORT_DIR
+
+
 def _run(args: argparse.Namespace) -> int:
     wstest = ensure_wstest()
-    report_dir: Path = args.report_dir
+    report_dir: Path = args.report_dir or default_report_dir(args.tls)
     report_dir.mkdir(parents=True, exist_ok=True)
     suite.clear_previous(report_dir)
     excluded = suite.excluded_cases(args.quick)
     timeout = args.timeout or (
         QUICK_TIMEOUT_SECONDS if args.quick else FULL_TIMEOUT_SECONDS
     )
-    server = ServerProcess(report_dir / suite.SERVER_LOG, args.server_options)
-    with server:
-        spec = suite.write_spec(report_dir, server.url, excluded)
+    with contextlib.ExitStack() as stack:
+        # Removed only after the server has stopped: it is the inner context.
+        certificate = stack.enter_context(self_signed()) if args.tls else None
+        server = stack.enter_context(
+            ServerProcess(
+                report_dir / suite.SERVER_LOG, args.server_options, certificate
+            )
+        )
+        spec = suite.write_spec(
+            report_dir,
+            server.url,
+            excluded,
+            verify_hostname=certificate.host if certificate else None,
+        )
         _progress(
             f"running the fuzzingclient against {server.url} "
             f"(every case but {', '.join(excluded)}); "
             f"progress in {report_dir / suite.WSTEST_LOG}"
         )
         outcome = suite.run_fuzzingclient(
-            wstest, spec, report_dir / suite.WSTEST_LOG, timeout
+            wstest,
+            spec,
+            report_dir / suite.WSTEST_LOG,
+            timeout,
+            certificate.client_environment() if certificate else None,
         )
     problems = _run_problems(outcome, timeout) + server.problems()
     try:
@@ -136,10 +170,22 @@ def _run(args: argparse.Namespace) -> int:
         f"Autobahn|Testsuite fuzzingclient: {len(results)} of "
         f"{len(outcome.planned)} cases reported in {outcome.seconds:.1f} s\n"
         f"server: {server_command}\n"
+        f"{_transport_line(certificate)}\n"
         f"report: {report_dir / 'index.html'}\n"
     )
     print(render_summary(summary, details, problems), flush=True)
     return 1 if summary.failed or problems else 0
+
+
+def _transport_line(certificate: Certificate | None) -> str:
+    """How the suite reached the server: the summary's header says which run."""
+    if certificate is None:
+        return "transport: plain TCP (ws://)"
+    return (
+        f"transport: TLS (wss://), a self-signed EC P-256 certificate for "
+        f"{certificate.host} made for this run and removed after it; wstest "
+        "trusts it alone and verifies the address in it"
+    )
 
 
 def _run_problems(outcome: SuiteRun, timeout: float) -> list[str]:

@@ -39,6 +39,9 @@ VIRTUALENV_REQUIREMENTS = (
 )
 #: The Python 2.7 side: the suite and everything it pulls in, as resolved
 #: for it on 2025-11 (``pip freeze``); the suite pins most of them itself.
+#: ``--tls`` needs pyOpenSSL (Twisted's TLS, on the OpenSSL 1.1.1 bundled in
+#: the cryptography wheel) and service-identity (the address check of the
+#: server's certificate); both are here already.
 AUTOBAHN_REQUIREMENTS = (
     "autobahntestsuite==25.10.1",
     "argparse==1.4.0",

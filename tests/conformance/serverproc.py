@@ -4,7 +4,9 @@ Relay mode broadcasts every message verbatim to every client, the sender
 included, so to the fuzzingclient's lone connection the server is the echo
 server it expects. The server runs from the working copy as a user starts
 it, in a session of its own so that Ctrl+C reaches only the runner, which
-stops it: SIGTERM, then SIGKILL if it does not exit in time.
+stops it: SIGTERM, then SIGKILL if it does not exit in time. Given a
+certificate, it speaks TLS on the same port, and the suite connects to
+``wss://``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests import serverproc
+from tests.conformance.certificate import Certificate
 from tests.serverproc import ServerError
 
-__all__ = ["SERVER_OPTIONS", "STOP_TIMEOUT_SECONDS", "ServerError", "ServerProcess"]
+__all__ = [
+    "SERVER_OPTIONS",
+    "STOP_TIMEOUT_SECONDS",
+    "ServerError",
+    "ServerProcess",
+    "websocket_url",
+]
 
 #: A graceful stop with no client left takes well under a second; one with
 #: a client left waits at most the close timeout (3 s) for it.
@@ -43,21 +52,35 @@ SERVER_OPTIONS = (
 ERROR_MARKERS = (" ERROR ", " CRITICAL ", "Traceback (most recent call last)")
 
 
-class ServerProcess(serverproc.ServerProcess):
-    """The server in relay mode, logging to ``log_path``, in its own session."""
+def websocket_url(port: int, tls: bool) -> str:
+    """The URL of the server's WebSocket endpoint: ``wss://`` over TLS."""
+    scheme = "wss" if tls else "ws"
+    return f"{scheme}://127.0.0.1:{port}/ws"
 
-    def __init__(self, log_path: Path, extra_options: Sequence[str] = ()) -> None:
+
+class ServerProcess(serverproc.ServerProcess):
+    """The server in relay mode, logging to ``log_path``, in its own session;
+    over TLS with ``certificate``, if one is given."""
+
+    def __init__(
+        self,
+        log_path: Path,
+        extra_options: Sequence[str] = (),
+        certificate: Certificate | None = None,
+    ) -> None:
+        tls_options = certificate.server_options() if certificate else ()
         super().__init__(
-            [*SERVER_OPTIONS, *extra_options],
+            [*SERVER_OPTIONS, *tls_options, *extra_options],
             log_path=log_path,
             stop_timeout=STOP_TIMEOUT_SECONDS,
             new_session=True,
         )
+        self.tls = certificate is not None
 
     @property
     def url(self) -> str:
         """The WebSocket URL the suite connects to."""
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return websocket_url(self.port, self.tls)
 
     def problems(self) -> list[str]:
         """What went wrong with the server itself, once it has stopped."""

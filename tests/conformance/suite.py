@@ -5,6 +5,11 @@ server of the spec and writes, to the spec's ``outdir``, one JSON and one
 HTML file per case and ``index.json`` / ``index.html`` at the end. It prints
 the list of cases it will run before the first one, which tells afterwards
 whether the report covers them all.
+
+Over ``wss://``, a server's ``hostname`` in the spec makes wstest verify the
+server's certificate for that name (Twisted's ``optionsForClientTLS``,
+trusting what OpenSSL's default paths hold); without it wstest uses
+``ClientContextFactory``, which verifies nothing and sends no SNI.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 #: The server's name in the report (``index.json`` is keyed by it).
@@ -65,11 +71,23 @@ def clear_previous(report_dir: Path) -> None:
             path.unlink()
 
 
-def write_spec(report_dir: Path, url: str, excluded: Sequence[str]) -> Path:
-    """Write the fuzzingclient's spec into ``report_dir``; return its path."""
+def write_spec(
+    report_dir: Path,
+    url: str,
+    excluded: Sequence[str],
+    verify_hostname: str | None = None,
+) -> Path:
+    """Write the fuzzingclient's spec into ``report_dir``; return its path.
+
+    ``verify_hostname``: the name (or address) that a ``wss://`` server's
+    certificate must be valid for; None: no verification.
+    """
+    server = {"agent": AGENT, "url": url}
+    if verify_hostname is not None:
+        server["hostname"] = verify_hostname
     spec = {
         "outdir": str(report_dir.resolve()),
-        "servers": [{"agent": AGENT, "url": url}],
+        "servers": [server],
         "cases": ["*"],
         "exclude-cases": list(excluded),
         "exclude-agent-cases": {},
@@ -80,9 +98,15 @@ def write_spec(report_dir: Path, url: str, excluded: Sequence[str]) -> Path:
 
 
 def run_fuzzingclient(
-    wstest: Path, spec: Path, log_path: Path, timeout: float
+    wstest: Path,
+    spec: Path,
+    log_path: Path,
+    timeout: float,
+    environment: Mapping[str, str] | None = None,
 ) -> SuiteRun:
     """Run every case of ``spec``, wstest's output going to ``log_path``.
+
+    ``environment``: variables set for wstest besides the runner's own.
 
     wstest runs in a session of its own: Ctrl+C reaches only the runner,
     which stops it here, as it does at the timeout.
@@ -95,6 +119,7 @@ def run_fuzzingclient(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(environment or {})},
             start_new_session=True,
         )
         try:
