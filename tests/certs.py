@@ -10,9 +10,12 @@ Import the fixture where it is needed (``certs_fixture  # noqa: F401``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import ipaddress
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -162,6 +165,7 @@ def _write_key(
         if password is None
         else serialization.BestAvailableEncryption(password.encode())
     )
+    path.touch(mode=0o600)  # private before a byte of the key is in it
     path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
@@ -223,6 +227,15 @@ def make_certificates(directory: Path) -> Certificates:
         ),
         other_ca=other_ca,
     )
+
+
+@contextlib.contextmanager
+def throwaway(prefix: str) -> Iterator[CertFiles]:
+    """A server certificate of a fresh test CA, in a temporary directory
+    that is removed, keys included, on the way out: for a benchmark or a
+    conformance run, which must leave no key behind."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as directory:
+        yield make_certificates(Path(directory)).good
 
 
 @pytest.fixture(scope="session", name="certs")

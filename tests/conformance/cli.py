@@ -11,8 +11,8 @@ from pathlib import Path
 from types import FrameType
 
 from broadcast_sync.cli import positive_float
+from tests.certs import CertFiles, throwaway
 from tests.conformance import suite
-from tests.conformance.certificate import Certificate, self_signed
 from tests.conformance.environment import REPOSITORY, SetupError, ensure_wstest
 from tests.conformance.serverproc import ServerError, ServerProcess
 from tests.conformance.suite import SuiteRun
@@ -27,6 +27,10 @@ DEFAULT_TLS_REPORT_DIR = DEFAULT_REPORT_DIR / "tls"
 QUICK_TIMEOUT_SECONDS = 120.0
 #: A full run takes 2 to 3 minutes, most of it in 9.7 and 9.8.
 FULL_TIMEOUT_SECONDS = 900.0
+#: Over TLS: the address wstest verifies in the server's certificate, and
+#: the variable that makes the certificate's CA its only trust anchor.
+TLS_HOST = "127.0.0.1"
+TRUST_VARIABLE = "SSL_CERT_FILE"
 #: Exit statuses besides 0 (all passed) and 1 (failures, or an incomplete run).
 SETUP_FAILED = 2
 INTERRUPTED = 130
@@ -131,7 +135,9 @@ def _run(args: argparse.Namespace) -> int:
     )
     with contextlib.ExitStack() as stack:
         # Removed only after the server has stopped: it is the inner context.
-        certificate = stack.enter_context(self_signed()) if args.tls else None
+        certificate = None
+        if args.tls:
+            certificate = stack.enter_context(throwaway("conformance-tls-"))
         server = stack.enter_context(
             ServerProcess(
                 report_dir / suite.SERVER_LOG, args.server_options, certificate
@@ -141,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
             report_dir,
             server.url,
             excluded,
-            verify_hostname=certificate.host if certificate else None,
+            verify_hostname=TLS_HOST if certificate else None,
         )
         _progress(
             f"running the fuzzingclient against {server.url} "
@@ -153,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
             spec,
             report_dir / suite.WSTEST_LOG,
             timeout,
-            certificate.client_environment() if certificate else None,
+            {TRUST_VARIABLE: str(certificate.ca)} if certificate else None,
         )
     problems = _run_problems(outcome, timeout) + server.problems()
     try:
@@ -177,14 +183,13 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if summary.failed or problems else 0
 
 
-def _transport_line(certificate: Certificate | None) -> str:
+def _transport_line(certificate: CertFiles | None) -> str:
     """How the suite reached the server: the summary's header says which run."""
     if certificate is None:
         return "transport: plain TCP (ws://)"
     return (
-        f"transport: TLS (wss://), a self-signed EC P-256 certificate for "
-        f"{certificate.host} made for this run and removed after it; wstest "
-        "trusts it alone and verifies the address in it"
+        "transport: TLS (wss://), a certificate made for this run and removed "
+        f"after it; wstest trusts its CA alone and verifies {TLS_HOST} in it"
     )
 
 

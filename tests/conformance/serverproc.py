@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests import serverproc
-from tests.conformance.certificate import Certificate
+from tests.certs import CertFiles
 from tests.serverproc import ServerError
 
 __all__ = [
@@ -66,9 +66,13 @@ class ServerProcess(serverproc.ServerProcess):
         self,
         log_path: Path,
         extra_options: Sequence[str] = (),
-        certificate: Certificate | None = None,
+        certificate: CertFiles | None = None,
     ) -> None:
-        tls_options = certificate.server_options() if certificate else ()
+        tls_options = (
+            ("--certfile", str(certificate.cert), "--keyfile", str(certificate.key))
+            if certificate
+            else ()
+        )
         super().__init__(
             [*SERVER_OPTIONS, *tls_options, *extra_options],
             log_path=log_path,
