@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,8 @@ from typing import Any
 import pytest
 
 from tests.bench import wire
-from tests.bench.loadgen import join_notice_bytes
+from tests.bench.certificate import make_certificate
+from tests.bench.loadgen import TLSChannel, join_notice_bytes
 from tests.bench.resume import Frame, ResumeError, check_replay, sender_text
 from tests.bench.tracking import ReceiverLog, Tracker, percentile
 from tests.conftest import UNIT
@@ -154,6 +157,65 @@ def test_join_notices_add_up_whatever_the_order() -> None:
     assert join_notice_bytes(3) == 6 * wire.JOIN_FRAME_BYTES
 
 
+def tls_pair(
+    tmp_path: Path, served: str, trusted: str
+) -> tuple[TLSChannel, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A generator's channel and a server's SSL object, wired in memory.
+
+    The server has a certificate made in ``tmp_path / served``; the client
+    trusts the one made in ``tmp_path / trusted``.
+    """
+    certificates = {}
+    for name in {served, trusted}:
+        (tmp_path / name).mkdir()
+        certificates[name] = make_certificate(tmp_path / name)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    files = certificates[served].files
+    server_context.load_cert_chain(files.cert, files.key)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_context.wrap_bio(incoming, outgoing, server_side=True)
+    channel = TLSChannel(certificates[trusted].client_context(), "127.0.0.1")
+    return channel, server, incoming, outgoing
+
+
+def shake_hands(
+    channel: TLSChannel,
+    server: ssl.SSLObject,
+    incoming: ssl.MemoryBIO,
+    outgoing: ssl.MemoryBIO,
+) -> None:
+    """Pass each side's flights to the other until the client is done."""
+    for _ in range(4):
+        incoming.write(channel.handshake())
+        if channel.established:
+            break
+        with contextlib.suppress(ssl.SSLWantReadError):
+            server.do_handshake()
+        channel.incoming.write(outgoing.read())
+
+
+def test_tls_channel_verifies_and_carries_bytes(tmp_path: Path) -> None:
+    """The generator's TLS: it trusts its certificate, and bytes cross both ways."""
+    channel, server, incoming, outgoing = tls_pair(tmp_path, "run", "run")
+    shake_hands(channel, server, incoming, outgoing)
+    assert channel.established
+    incoming.write(channel.encrypt(b"GET /ws HTTP/1.1\r\n\r\n"))
+    assert server.read(1024) == b"GET /ws HTTP/1.1\r\n\r\n"
+    frames = server_frame(b"a") + server_frame(b"b" * 300)
+    server.write(frames)
+    records = outgoing.read()
+    # Cut mid-record: only the complete records come out, the rest waits.
+    assert channel.decrypt(records[:10]) == b""
+    assert channel.decrypt(records[10:]) == frames
+
+
+def test_tls_channel_refuses_another_certificate(tmp_path: Path) -> None:
+    """A server with a certificate other than the run's fails verification."""
+    channel, server, incoming, outgoing = tls_pair(tmp_path, "other", "run")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        shake_hands(channel, server, incoming, outgoing)
+
+
 def run_bench(tmp_path: Path, *options: str) -> tuple[str, dict[str, Any]]:
     """Run ``python -m tests.bench`` as ``make bench`` does; its output and JSON."""
     output = tmp_path / "bench.json"
@@ -195,6 +257,29 @@ def test_quick_room_and_lone_count_every_delivery(tmp_path: Path) -> None:
     assert document["summary"]["room_capacity"] in (20, None)
     assert document["settings"]["machine"]["mode"] == "embedded"
     assert all(row["redis_cpu_percent"] is None for row in rows.values())
+
+
+def test_quick_tls_room_flood_and_lone_count_every_delivery(tmp_path: Path) -> None:
+    """With --tls, a tiny room, flood and lone run go through TLS, all counted."""
+    options = ["--quick", "--tls", "--sizes", "20"]
+    scenarios = ["--scenario", "room", "--scenario", "flood", "--scenario", "lone"]
+    stdout, document = run_bench(tmp_path, *options, *scenarios)
+    assert document["settings"]["tls"] is True
+    assert document["settings"]["machine"]["tls"] is True
+    assert "embedded mode over TLS" in stdout
+    rows = {row["scenario"]: row for row in document["scenarios"]}
+    assert set(rows) == {"room", "flood", "lone"}
+    for row in rows.values():
+        faults = {name: row[name] for name in ("lost", "dropped", "out_of_order")}
+        assert faults == {"lost": 0, "dropped": 0, "out_of_order": 0}, row
+        assert row["unexpected"] == 0, row
+        assert row["extra"]["tls_errors"] == 0, row
+        assert row["extra"]["refused"] == 0, row
+        assert row["extra"]["notices"] == 1.0, row
+        assert row["deliveries"] > 0, row
+        assert row["latency"]["samples"] > 0, row
+        assert row["server_warnings"] == 0, row
+    assert rows["lone"]["deliveries"] == 8 * 4
 
 
 def test_quick_redis_room_and_resume_replay_exactly(tmp_path: Path) -> None:

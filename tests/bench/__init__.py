@@ -23,8 +23,16 @@ no persistence), pinned to the generator's core, and the server runs with
 ``make bench`` runs both modes. The resume scenario uses blocking clients
 of its own (:mod:`tests.bench.resume`): it times one client at a time.
 
+With ``--tls`` (either mode) each run makes a certificate of its own
+(:mod:`tests.bench.certificate`), the server speaks TLS with it, and every
+client verifies it: the generator's clients are SSL objects over memory
+buffers in the same event loop (:class:`~tests.bench.loadgen.TLSLoadGenerator`),
+which counts decrypted bytes exactly as the plain loop counts bytes. The
+generator then pays for TLS as well as the server: its CPU shows by how much.
+
 Modules: :mod:`~tests.bench.wire` (handshake, frames, payloads),
-:mod:`~tests.bench.loadgen` (the event loop and its clients),
+:mod:`~tests.bench.loadgen` (the event loop and its clients, plain or TLS),
+:mod:`~tests.bench.certificate` (``--tls``'s certificate),
 :mod:`~tests.bench.pacing` (what is sent when),
 :mod:`~tests.bench.tracking` (latency and order bookkeeping),
 :mod:`~tests.bench.serverproc` (the server subprocess, and Redis),

@@ -2,7 +2,9 @@
 
 One mode per run: the log in memory (the default), or ``--redis``, where
 each run starts its own redis-server on the generator's core. ``make bench``
-runs both, one after the other, each writing its own JSON.
+runs both, one after the other, each writing its own JSON. ``--tls`` goes
+with either: the same scenarios over TLS, with a certificate made for the
+run, and JSON of its own, so that it never overwrites the plain figures.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from tests.redisproc import RedisError
 #: Where each mode writes its JSON unless told: both survive ``make bench``.
 DEFAULT_JSON = REPOSITORY / "bench-results" / "latest.json"
 DEFAULT_REDIS_JSON = REPOSITORY / "bench-results" / "latest-redis.json"
+DEFAULT_TLS_JSON = REPOSITORY / "bench-results" / "latest-tls.json"
+DEFAULT_REDIS_TLS_JSON = REPOSITORY / "bench-results" / "latest-redis-tls.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
             "run the server with --redis on a redis-server of the benchmark's "
             "own, pinned to the generator's core; its CPU use is reported "
             "(default: the log in memory)"
+        ),
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help=(
+            "run the server with a certificate (EC P-256, for 127.0.0.1) made "
+            "for each run and deleted after it; every client "
+            "speaks TLS and verifies it. The generator pays for TLS too: "
+            "watch its CPU. Every scenario works with it; resume's times "
+            "start after its TLS handshake (default: plain TCP)"
         ),
     )
     parser.add_argument(
@@ -93,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=(
             "where to write the JSON document (default: bench-results/latest.json, "
-            "with --redis bench-results/latest-redis.json)"
+            "with --redis bench-results/latest-redis.json; with --tls, "
+            "latest-tls.json and latest-redis-tls.json)"
         ),
     )
     parser.add_argument(
@@ -118,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     """Run what ``args`` asks; 0 when every run completed."""
     server_cpu, generator_cpu = choose_cpus(args.pin)
     settings = _settings(args, server_cpu, generator_cpu)
-    json_path = args.json or (DEFAULT_REDIS_JSON if args.redis else DEFAULT_JSON)
+    json_path = args.json or _default_json(args)
     names = [
         name
         for name, scenario in SCENARIOS.items()
@@ -152,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
     summary = _summary(rows, capacity, settings, time.monotonic() - started)
     machine = {
         "mode": "redis" if args.redis else "embedded",
+        "tls": args.tls,
         "cpus": len(affinity),
         "server_cpu": server_cpu,
         "generator_cpu": generator_cpu,
@@ -171,6 +188,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_json(args: argparse.Namespace) -> Path:
+    if args.tls:
+        return DEFAULT_REDIS_TLS_JSON if args.redis else DEFAULT_TLS_JSON
+    return DEFAULT_REDIS_JSON if args.redis else DEFAULT_JSON
+
+
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Raising unwinds every context manager: the server and sockets close.
     raise KeyboardInterrupt
@@ -184,6 +207,7 @@ def _settings(
         "server_cpu": server_cpu,
         "generator_cpu": generator_cpu,
         "redis": args.redis,
+        "tls": args.tls,
     }
     if args.sizes:
         changes["room_sizes"] = tuple(args.sizes)
@@ -297,8 +321,9 @@ def _print_report(
         else "not pinned"
     )
     redis = ", Redis on the generator's CPU" if machine["mode"] == "redis" else ""
+    tls = " over TLS" if machine["tls"] else ""
     print(
-        f"\nbroadcast-sync benchmark, {machine['mode']} mode "
+        f"\nbroadcast-sync benchmark, {machine['mode']} mode{tls} "
         f"({machine['cpus']} CPUs, {pinned}{redis})\n"
     )
     print(report.table(rows))

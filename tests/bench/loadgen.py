@@ -14,6 +14,15 @@ decode every frame and check latency and order (:mod:`tests.bench.tracking`).
 Handshakes are pipelined: up to :data:`HANDSHAKES_IN_FLIGHT` at a time, each
 finished by the same event loop that drains the clients already in the
 room, so that nobody falls behind on join notices while others connect.
+
+TLS (``--tls``) is a subclass, :class:`TLSLoadGenerator`, with a loop of its
+own: the plain loop is not touched, so a plain run pays nothing for it.
+Each TLS client is an ``ssl.SSLObject`` over two ``ssl.MemoryBIO``s
+(:class:`TLSChannel`), driven by the same non-blocking loop: what a socket
+reads is fed in and decrypted, what a client sends is encrypted and sent
+raw. An ``ssl.SSLSocket`` would not do: it may hold decrypted bytes that
+epoll cannot see, and its handshake wants a blocking socket or retries.
+Clients count decrypted bytes, so every count is the plain run's.
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ import enum
 import resource
 import select
 import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from types import TracebackType
+from typing import cast
 
 from tests.bench import wire
 from tests.bench.tracking import ReceiverLog, Tracker
@@ -74,6 +85,7 @@ class Client:
         "sock",
         "state",
         "status",
+        "tls",
     )
 
     def __init__(
@@ -97,6 +109,8 @@ class Client:
         self.outgoing = b""
         #: Set on sampled clients only: they decode every frame.
         self.log: tuple[wire.FrameDecoder, ReceiverLog] | None = None
+        #: The TLS session, with ``--tls``.
+        self.tls: TLSChannel | None = None
 
     def messages_since_mark(self, leaves: int = 0) -> int:
         """Chat messages received since the mark, after ``leaves`` leave notices."""
@@ -136,6 +150,9 @@ class LoadGenerator:
     Use as a context manager: leaving the block closes every socket.
     """
 
+    #: The clients' TLS context; None: plain TCP.
+    context: ssl.SSLContext | None = None
+
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
@@ -152,6 +169,8 @@ class LoadGenerator:
         self._by_fd: dict[int, Client] = {}
         self._buffer = bytearray(RECEIVE_BYTES)
         self._handshaking = 0
+        #: TLS failures by reason, such as a certificate not verified (TLS only).
+        self.tls_errors: Counter[str] = Counter()
 
     def __enter__(self) -> LoadGenerator:
         return self
@@ -228,7 +247,7 @@ class LoadGenerator:
         self.clients.append(client)
         try:
             sock.connect((self.host, self.port))
-            sock.sendall(handshake.request)
+            sock.sendall(self._opening(client))
         except OSError as exc:
             failures[type(exc).__name__] += 1
             client.state = State.CLOSED
@@ -240,6 +259,10 @@ class LoadGenerator:
         self._by_fd[client.fd] = client
         self._epoll.register(client.fd, select.EPOLLIN)
         self._handshaking += 1
+
+    def _opening(self, client: Client) -> bytes:
+        """The first bytes a new client sends: its upgrade request."""
+        return client.handshake.request
 
     # The event loop
 
@@ -316,6 +339,10 @@ class LoadGenerator:
         if not data:
             self._discard(client)
             return
+        self._on_head_bytes(client, data)
+
+    def _on_head_bytes(self, client: Client, data: bytes) -> None:
+        """Take ``data`` of the response; on its end, open or close the client."""
         client.head += data
         head, found, rest = client.head.partition(wire.HEAD_END)
         if not found:
@@ -400,6 +427,220 @@ class LoadGenerator:
     def received_since_mark(self) -> int:
         """Bytes received by connected clients since :meth:`mark`."""
         return sum(client.received - client.baseline for client in self.open_clients())
+
+
+class TLSChannel:
+    """One client's TLS: an SSL object over two memory buffers.
+
+    TLS becomes a function from bytes to bytes: the event loop feeds
+    :attr:`incoming` what the socket read, and sends what :attr:`outgoing`
+    holds on the socket as it would plain bytes.
+    """
+
+    __slots__ = ("established", "incoming", "outgoing", "read_into", "tls")
+
+    def __init__(self, context: ssl.SSLContext, host: str) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=host)
+        #: ``read(size, buffer)``: plaintext into ``buffer``, its length back
+        #: (typeshed says bytes, but with a buffer it is a count).
+        self.read_into = cast(Callable[[int, bytearray], int], self.tls.read)
+        #: Whether the TLS handshake is complete.
+        self.established = False
+
+    def handshake(self) -> bytes:
+        """Take the handshake as far as it goes; the bytes to send for it.
+
+        Raises:
+            ssl.SSLError: The handshake failed (a certificate not verified).
+        """
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        else:
+            self.established = True
+        return self.outgoing.read()
+
+    def encrypt(self, data: bytes) -> bytes:
+        """The records that carry ``data``."""
+        self.tls.write(data)
+        return self.outgoing.read()
+
+    def decrypt(self, data: bytes) -> bytes:
+        """Feed ``data``; the plaintext of every complete record so far.
+
+        For the handshake's response only: the event loop decrypts into a
+        shared buffer instead.
+
+        Raises:
+            ssl.SSLError: A record did not decrypt.
+        """
+        self.incoming.write(data)
+        chunks = []
+        while self.incoming.pending:
+            try:
+                chunk = self.tls.read(RECEIVE_BYTES)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class TLSLoadGenerator(LoadGenerator):
+    """:class:`LoadGenerator` whose clients speak TLS, verified with ``context``.
+
+    Its own loop (:meth:`_poll`) decrypts into a second shared buffer and
+    counts plaintext bytes, so counts and checks are the plain generator's.
+    """
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        super().__init__(host, port)
+        self.context = context
+        self._tls_context = context
+        self._view = memoryview(self._buffer)
+        self._plain = bytearray(RECEIVE_BYTES)
+
+    def _opening(self, client: Client) -> bytes:
+        """The ClientHello: the upgrade request waits for the handshake."""
+        client.tls = TLSChannel(self._tls_context, self.host)
+        return client.tls.handshake()
+
+    def _poll(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds, then handle every ready socket."""
+        buffer = self._buffer
+        view = self._view
+        plain = self._plain
+        by_fd = self._by_fd
+        received = 0
+        for fd, mask in self._epoll.poll(timeout, MAX_EVENTS):
+            client = by_fd.get(fd)
+            if client is None:
+                continue
+            if mask & select.EPOLLOUT:
+                self._flush(client)
+            if client.state is not State.OPEN:
+                if client.state is State.HANDSHAKE:
+                    self._on_handshake_data(client)
+                continue
+            try:
+                size = client.sock.recv_into(buffer)
+            except BlockingIOError:
+                continue
+            except OSError:
+                size = 0
+            if not size:
+                self._on_disconnect(client)
+                continue
+            channel = client.tls
+            assert channel is not None
+            incoming = channel.incoming
+            incoming.write(view[:size])
+            read_into = channel.read_into
+            # One record per read; what is left in ``incoming`` once they
+            # are out is a partial record (want read) or nothing at all,
+            # which spares an exception per read in the common case.
+            try:
+                while incoming.pending:
+                    count = read_into(RECEIVE_BYTES, plain)
+                    if not count:
+                        break
+                    client.received += count
+                    received += count
+                    if client.log is not None:
+                        self._decode(client, bytes(plain[:count]))
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                pass  # zero return: the close_notify; the end of stream follows
+            except ssl.SSLError as exc:
+                self._tls_failed(client, exc)
+        self.total_received += received
+
+    def _on_handshake_data(self, client: Client) -> None:
+        """The TLS handshake, then the upgrade request and response through it."""
+        try:
+            data = client.sock.recv(MAX_HEAD_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._discard(client)
+            return
+        channel = client.tls
+        assert channel is not None
+        try:
+            if not channel.established:
+                channel.incoming.write(data)
+                data = b""
+                out = channel.handshake()
+                if channel.established:
+                    # The client's Finished and the request: one write.
+                    out += channel.encrypt(client.handshake.request)
+                if out:
+                    self._transmit(client, out)
+                if not channel.established:
+                    return
+            plaintext = channel.decrypt(data)
+        except ssl.SSLError as exc:
+            self._tls_failed(client, exc)
+            return
+        if plaintext and client.state is State.HANDSHAKE:
+            self._on_head_bytes(client, plaintext)
+
+    def _tls_failed(self, client: Client, exc: ssl.SSLError) -> None:
+        self.tls_errors[exc.reason or type(exc).__name__] += 1
+        self._fail(client)
+
+    def _fail(self, client: Client) -> None:
+        """Give the client up: a failed handshake, or a drop once open."""
+        if client.state is State.HANDSHAKE:
+            self._discard(client)
+        elif client.state is State.OPEN:
+            self._on_disconnect(client)
+
+    def send(self, client: Client, data: bytes) -> None:
+        """Encrypt ``data`` now, so records keep their order; send them."""
+        if client.state is not State.OPEN:
+            return
+        channel = client.tls
+        assert channel is not None
+        try:
+            records = channel.encrypt(data)
+        except ssl.SSLError as exc:
+            self._tls_failed(client, exc)
+            return
+        self._transmit(client, records)
+
+    def _transmit(self, client: Client, data: bytes) -> None:
+        """Send wire bytes after anything not sent yet."""
+        if client.outgoing:
+            client.outgoing += data
+            return
+        try:
+            sent = client.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._fail(client)
+            return
+        if sent < len(data):
+            client.outgoing = data[sent:]
+            self._epoll.modify(client.fd, select.EPOLLIN | select.EPOLLOUT)
+
+    def _flush(self, client: Client) -> None:
+        try:
+            sent = client.sock.send(client.outgoing)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._fail(client)
+            return
+        client.outgoing = client.outgoing[sent:]
+        if not client.outgoing:
+            self._epoll.modify(client.fd, select.EPOLLIN)
 
 
 def join_notice_bytes(members: int) -> int:

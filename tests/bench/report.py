@@ -38,6 +38,7 @@ WORST_EXTRAS: dict[str, Callable[[list[float]], float]] = {
     "server_killed": max,
     "notices": min,
     "failed": max,
+    "tls_errors": max,
 }
 #: Figures that measure: over repeats, the median.
 MEDIAN_FIELDS = (
@@ -315,6 +316,11 @@ def warnings(rows: Sequence[Figures]) -> list[str]:
             )
         if row.unexpected:
             found.append(f"{row.label}: {row.unexpected} frames not understood")
+        if row.extra.get("tls_errors"):
+            found.append(
+                f"{row.label}: {row.extra['tls_errors']:.0f} TLS errors in the "
+                "generator (reasons above)"
+            )
         if row.server_warnings:
             found.append(f"{row.label}: {row.server_warnings} warnings in its log")
     return found

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -56,6 +57,9 @@ class BlockingClient:
         name: The username it asks for.
         query: More of the query string, such as ``&format=json``.
         masker: Masks its frames; shared by the scenario's clients.
+        tls: Speak TLS with this context (``--tls``): a blocking
+            ``ssl.SSLSocket``, whose handshake is done before the upgrade
+            request is sent, and so before :attr:`sent_ns`.
 
     Attributes:
         sent_ns: When the handshake request was sent.
@@ -63,7 +67,14 @@ class BlockingClient:
     """
 
     def __init__(
-        self, host: str, port: int, name: str, query: str, masker: wire.Masker
+        self,
+        host: str,
+        port: int,
+        name: str,
+        query: str,
+        masker: wire.Masker,
+        *,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self._masker = masker
@@ -73,6 +84,8 @@ class BlockingClient:
         self._sock = socket.create_connection((host, port), READ_TIMEOUT_SECONDS)
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                self._sock = tls.wrap_socket(self._sock, server_hostname=host)
             self.sent_ns = time.monotonic_ns()
             self._sock.sendall(handshake.request)
             head = b""

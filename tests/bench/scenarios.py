@@ -32,15 +32,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import ssl
 import statistics
 import sys
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 
 from tests.bench import wire
+from tests.bench.certificate import run_certificate
 from tests.bench.loadgen import (
     Client,
     LoadGenerator,
+    TLSLoadGenerator,
     cpu_seconds,
     join_notice_bytes,
 )
@@ -124,6 +127,8 @@ class Settings:
     workers_clients: int = 200
     #: Run the server with ``--redis`` on a redis-server of the benchmark's.
     redis: bool = False
+    #: Run the server with a certificate of the run's own; clients speak TLS.
+    tls: bool = False
     #: The CPUs the server and the generator are pinned to, if they are.
     #: Redis, with ``redis``, runs on the generator's.
     server_cpu: int | None = None
@@ -227,7 +232,9 @@ def serving(
     """A fresh server and a generator connected to nothing yet.
 
     With ``settings.redis``, a fresh redis-server first, pinned to the
-    generator's core, and the server runs with ``--redis`` on it.
+    generator's core, and the server runs with ``--redis`` on it. With
+    ``settings.tls``, a fresh certificate, removed afterwards: the server
+    speaks TLS with it and the generator's clients verify it.
     ``options`` are more server options.
 
     On the way out, the server is asked to stop while the generator keeps
@@ -241,16 +248,30 @@ def serving(
             if settings.redis
             else None
         )
+        certificate = stack.enter_context(run_certificate()) if settings.tls else None
+        tls_options = () if certificate is None else certificate.server_options()
         server = stack.enter_context(
-            ServerProcess(settings.server_cpu, redis=redis, options=options)
+            ServerProcess(
+                settings.server_cpu, redis=redis, options=(*tls_options, *options)
+            )
         )
-        generator = stack.enter_context(LoadGenerator(HOST, server.port))
+        generator = stack.enter_context(
+            LoadGenerator(HOST, server.port)
+            if certificate is None
+            else TLSLoadGenerator(HOST, server.port, certificate.client_context())
+        )
         try:
             yield server, generator
         finally:
             generator.closing = True
             server.request_stop()
             generator.run(server.stop_deadline_ns(), done=server.exited)
+            if generator.tls_errors:
+                errors = ", ".join(
+                    f"{count} {reason}"
+                    for reason, count in generator.tls_errors.most_common()
+                )
+                print(f"TLS errors in the generator: {errors}", file=sys.stderr)
 
 
 def spread(count: int, picks: int, first: int = 0) -> set[int]:
@@ -328,10 +349,15 @@ def count_faults(
     figures.latency = Latency.from_ns(generator.tracker.latencies_ns)
 
 
-def finish(figures: Figures, server: ServerProcess) -> None:
-    """Fill in the server's memory and threads while it still runs."""
+def finish(figures: Figures, server: ServerProcess, generator: LoadGenerator) -> None:
+    """Fill in the server's memory and threads while it still runs.
+
+    With TLS, also the TLS failures the clients have seen so far.
+    """
     figures.server_rss_mib = server.rss_bytes() / 2**20
     figures.server_threads = server.thread_count()
+    if generator.context is not None:
+        figures.extra["tls_errors"] = sum(generator.tls_errors.values())
 
 
 def after_stop(figures: Figures, server: ServerProcess) -> None:
@@ -412,7 +438,7 @@ def run_room(settings: Settings, clients: int) -> Figures:
             figures.extra["generator_lag_max_ms"] = lags[-1] / 1e6
         wait_for_delivery(generator, members, pacer.sent)
         count_faults(figures, generator, members, pacer.sent, drops_before)
-        finish(figures, server)
+        finish(figures, server, generator)
     after_stop(figures, server)
     figures.passed = judge_room(figures)
     return figures
@@ -443,7 +469,7 @@ def run_flood(settings: Settings, receivers: int) -> Figures:
         figures.extra["messages_per_s"] = figures.deliveries_per_s / len(others)
         wait_for_delivery(generator, [sender, *others], pacer.sent)
         count_faults(figures, generator, others, pacer.sent, drops_before)
-        finish(figures, server)
+        finish(figures, server, generator)
     after_stop(figures, server)
     figures.passed = judge_flood(figures)
     return figures
@@ -484,7 +510,7 @@ def run_idle(settings: Settings, clients: int) -> Figures:
             / 1024
             / max(outcome.accepted, 1),
         )
-        finish(figures, server)
+        finish(figures, server, generator)
     after_stop(figures, server)
     figures.passed = judge_idle(figures)
     return figures
@@ -521,7 +547,7 @@ def run_lone(settings: Settings, clients: int) -> Figures:
         measure_window(figures, start, Snapshot.take(settings, server, members))
         figures.messages_sent = pacer.sent
         count_faults(figures, generator, members, pacer.sent, drops_before)
-        finish(figures, server)
+        finish(figures, server, generator)
     after_stop(figures, server)
     figures.passed = judge_lone(figures)
     return figures
@@ -550,24 +576,29 @@ def run_resume(settings: Settings, events: int) -> Figures:
     """
     figures = Figures("resume", events)
     options = ("--history-size", str(2 * events))
-    with serving(settings, options) as (server, _):
+    with serving(settings, options) as (server, generator):
         start = Snapshot.take(settings, server, [])
         replays = []
         masker = wire.Masker()
         sender_name = wire.client_name(0)
-        with BlockingClient(HOST, server.port, sender_name, "", masker) as sender:
+        tls = generator.context
+        with BlockingClient(
+            HOST, server.port, sender_name, "", masker, tls=tls
+        ) as sender:
             sender.receive_until(_join_notice(sender_name))
             for round_number in range(settings.resume_rounds):
                 try:
                     replays.append(
-                        _resume_once(server, sender, masker, round_number, events)
+                        _resume_once(
+                            server, sender, masker, round_number, events, tls=tls
+                        )
                     )
                 except (ResumeError, OSError) as exc:
                     print(f"resume: round {round_number}: {exc}", file=sys.stderr)
                     figures.extra["failed"] = figures.extra.get("failed", 0) + 1
             sender.close()
         measure_window(figures, start, Snapshot.take(settings, server, []))
-        finish(figures, server)
+        finish(figures, server, generator)
     after_stop(figures, server)
     figures.extra.setdefault("failed", 0)
     figures.extra["resumes"] = len(replays)
@@ -591,10 +622,17 @@ def _resume_once(
     masker: wire.Masker,
     round_number: int,
     events: int,
+    *,
+    tls: ssl.SSLContext | None,
 ) -> Replay:
-    """One resume after ``events`` messages; its timings, checked."""
+    """One resume after ``events`` messages; its timings, checked.
+
+    With ``tls``, the server's CPU includes the resumer's TLS handshake,
+    and the times start after it, when the upgrade request is sent.
+    """
     name = wire.client_name(1)
-    with BlockingClient(HOST, server.port, name, "&format=json", masker) as first:
+    json_query = "&format=json"
+    with BlockingClient(HOST, server.port, name, json_query, masker, tls=tls) as first:
         user = first.receive(1)[0].json()["user"]
         for frame in first.frames():
             event = frame.json()
@@ -611,7 +649,7 @@ def _resume_once(
     cpu_before = run_time_ns(server.pid)
     redis_before = None if server.redis is None else run_time_ns(server.redis.pid)
     query = f"&format=json&since={since}"
-    with BlockingClient(HOST, server.port, name, query, masker) as again:
+    with BlockingClient(HOST, server.port, name, query, masker, tls=tls) as again:
         # The welcome, the resumer's leave, then the messages.
         frames = again.receive(2 + events)
         cpu_ns = run_time_ns(server.pid) - cpu_before
@@ -678,7 +716,7 @@ def run_workers(settings: Settings, clients: int) -> Figures:
         _measure(settings, figures, server, generator, pacer, receivers=members)
         wait_for_delivery(generator, members, pacer.sent)
         count_faults(figures, generator, members, pacer.sent, drops_before)
-        finish(figures, server)
+        finish(figures, server, generator)
     after_stop(figures, server)
     for number in range(1, WORKERS + 1):
         figures.extra[f"worker_{number}_clients"] = 0
