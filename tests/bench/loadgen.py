@@ -385,8 +385,11 @@ class LoadGenerator:
 
     def send(self, client: Client, data: bytes) -> None:
         """Send ``data`` on ``client`` after anything it has not sent yet."""
-        if client.state is not State.OPEN:
-            return
+        if client.state is State.OPEN:
+            self._transmit(client, data)
+
+    def _transmit(self, client: Client, data: bytes) -> None:
+        """Send wire bytes after anything not sent yet."""
         if client.outgoing:
             client.outgoing += data
             return
@@ -395,7 +398,7 @@ class LoadGenerator:
         except BlockingIOError:
             sent = 0
         except OSError:
-            self._on_disconnect(client)
+            self._fail(client)
             return
         if sent < len(data):
             client.outgoing = data[sent:]
@@ -407,11 +410,15 @@ class LoadGenerator:
         except BlockingIOError:
             return
         except OSError:
-            self._on_disconnect(client)
+            self._fail(client)
             return
         client.outgoing = client.outgoing[sent:]
         if not client.outgoing:
             self._epoll.modify(client.fd, select.EPOLLIN)
+
+    def _fail(self, client: Client) -> None:
+        """Give the client up: its socket failed."""
+        self._on_disconnect(client)
 
     # Counting
 
@@ -613,34 +620,6 @@ class TLSLoadGenerator(LoadGenerator):
             self._tls_failed(client, exc)
             return
         self._transmit(client, records)
-
-    def _transmit(self, client: Client, data: bytes) -> None:
-        """Send wire bytes after anything not sent yet."""
-        if client.outgoing:
-            client.outgoing += data
-            return
-        try:
-            sent = client.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._fail(client)
-            return
-        if sent < len(data):
-            client.outgoing = data[sent:]
-            self._epoll.modify(client.fd, select.EPOLLIN | select.EPOLLOUT)
-
-    def _flush(self, client: Client) -> None:
-        try:
-            sent = client.sock.send(client.outgoing)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._fail(client)
-            return
-        client.outgoing = client.outgoing[sent:]
-        if not client.outgoing:
-            self._epoll.modify(client.fd, select.EPOLLIN)
 
 
 def join_notice_bytes(members: int) -> int:
