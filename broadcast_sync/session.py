@@ -118,6 +118,8 @@ class Session:
         self._config = config
         #: Driven only with ``_lock`` held: one TLS object, several threads.
         self._transport = transport
+        #: Plain bytes skip the transport, and its lock on the reader's side.
+        self._encrypted = transport.encrypted
         self._room = room
         self._log = log
         self._arrival = arrival
@@ -198,9 +200,10 @@ class Session:
 
     def _send_locked(self, data: bytes) -> None:
         """Send ``data``, and whatever the transport has to send with it."""
-        data = self._transport.encode(data)
-        if not data:
-            return
+        if self._encrypted:
+            data = self._transport.encode(data)
+            if not data:
+                return
         if not self._backlog:
             try:
                 sent = self.sock.send(data, socket.MSG_DONTWAIT)
@@ -344,10 +347,12 @@ class Session:
                 )
                 return
             self.last_seen = time.monotonic()
-            if not self._left:  # after leaving, the rest is read and dropped
+            if self._left:  # after leaving, the rest is read and dropped
+                continue
+            if self._encrypted:
                 data = self._decode(data)
-                if data:  # else a part of a TLS record: more must come
-                    self._connection.receive_data(data)
+            if data:  # else a part of a TLS record: more must come
+                self._connection.receive_data(data)
 
     def _decode(self, data: bytes) -> bytes:
         """The application bytes of the wire bytes ``data``, sending what
@@ -368,8 +373,9 @@ class Session:
             if not going_on or self._left:
                 break
         # Counted once per batch read, not per message: see metrics.py.
-        self._metrics.received(self._batch_received, self._batch_limited)
-        self._batch_received = self._batch_limited = 0
+        if self._batch_received:
+            self._metrics.received(self._batch_received, self._batch_limited)
+            self._batch_received = self._batch_limited = 0
         return going_on
 
     def _receive(self) -> bytes:

@@ -56,6 +56,11 @@ class Transport(Protocol):
         """Whether the transport's own handshake is done, so that the client
         can be answered."""
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether the wire bytes differ from the application bytes: if not,
+        :meth:`encode` and :meth:`decode` can be skipped on the hot paths."""
+
     def handshake(self, deadline: float) -> None:
         """Complete the transport's own handshake by ``deadline``.
 
@@ -90,6 +95,7 @@ class PlainTransport:
 
     #: There is no handshake of its own to wait for.
     established = True
+    encrypted = False
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -117,6 +123,8 @@ class PlainTransport:
 
 class TLSTransport:
     """TLS over memory buffers (see :mod:`broadcast_sync.tls`)."""
+
+    encrypted = True
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
         self.sock = sock
