@@ -97,10 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="measured seconds of each room and flood run (default: 8)",
     )
     parser.add_argument(
-        "--idle-clients",
+        "--scale-clients",
         type=positive_int,
         metavar="N",
-        help="clients of the idle scenario (default: 10000)",
+        help="clients of the idle, disconnect and shutdown scenarios (default: 10000)",
     )
     parser.add_argument(
         "--json",
@@ -213,8 +213,8 @@ def _settings(
         changes["room_sizes"] = tuple(args.sizes)
     if args.duration:
         changes["duration"] = args.duration
-    if args.idle_clients:
-        changes["idle_clients"] = args.idle_clients
+    if args.scale_clients:
+        changes["scale_clients"] = args.scale_clients
     return dataclasses.replace(settings, **changes)
 
 
@@ -222,10 +222,12 @@ def _sizes_of(scenario: Scenario, settings: Settings) -> tuple[int, ...]:
     return {
         "room": settings.room_sizes,
         "flood": (settings.flood_receivers,),
-        "idle": (settings.idle_clients,),
+        "idle": (settings.scale_clients,),
         "lone": (settings.lone_clients,),
         "resume": (settings.resume_events,),
         "workers": (settings.workers_clients,),
+        "disconnect": (settings.scale_clients,),
+        "shutdown": (settings.scale_clients,),
     }[scenario.name]
 
 
@@ -308,6 +310,14 @@ def _summary(
             "passed": workers.passed,
             **{key: value for key, value in workers.extra.items() if "worker_" in key},
         }
+    for name in ("disconnect", "shutdown"):
+        if name in by_name:
+            row = by_name[name]
+            summary[name] = {
+                "clients": row.clients,
+                "passed": row.passed,
+                **row.extra,
+            }
     return summary
 
 
@@ -377,6 +387,15 @@ def _print_report(
             f"{workers['out_of_order']} out of order, {workers['dropped']} dropped "
             "(correctness only: on 2 cores the generator needs the second)"
         )
+    if "disconnect" in summary:
+        _print_disconnect(summary["disconnect"])
+    if "shutdown" in summary:
+        shutdown = summary["shutdown"]
+        print(
+            f"shutdown of {shutdown['clients']} clients, half of them reset at "
+            f"the same moment: exit {shutdown['exit_code']:.0f} after "
+            f"{shutdown['stop_s']:.2f} s (target < 5 s: --close-timeout + 2 s)"
+        )
     for warning in report.warnings(rows):
         print(f"warning: {warning}")
     print(f"total time: {summary['total_seconds']:.0f} s\n")
@@ -396,6 +415,22 @@ def _print_resume(resume: dict[str, Any]) -> None:
         f"{resume['first_frame_ms']:.1f} ms (101 after {resume['response_ms']:.1f} "
         f"ms); CPU per resume: server {resume['server_cpu_ms']:.1f} ms{redis}; "
         f"{resume['failed']:.0f} of {resume['resumes'] + resume['failed']:.0f} failed"
+    )
+
+
+def _print_disconnect(disconnect: dict[str, Any]) -> None:
+    cleared = (
+        f"all let go after {disconnect['clear_s']:.2f} s"
+        if disconnect["cleared"]
+        else f"not all let go after {disconnect['clear_s']:.0f} s"
+    )
+    print(
+        f"mass disconnect of {disconnect['clients']} clients: {cleared} "
+        f"(target < 5 s); newcomers' handshakes p50 "
+        f"{disconnect.get('probe_p50_ms', 0):.1f} ms, max "
+        f"{disconnect['probe_max_ms']:.0f} ms, {disconnect['probes_failed']:.0f} "
+        f"of {disconnect['probes']:.0f} unanswered (target < 1000 ms); then "
+        f"SIGTERM took {disconnect['stop_s']:.2f} s"
     )
 
 

@@ -34,6 +34,7 @@ import resource
 import select
 import socket
 import ssl
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
@@ -380,6 +381,14 @@ class LoadGenerator:
             self._epoll.unregister(client.fd)
         self._by_fd.pop(client.fd, None)
         client.sock.close()
+
+    def reset_all(self, every: int = 1) -> None:
+        """Reset every ``every``-th open connection at once, as a NAT gateway
+        that restarts would: an RST, with no close frame and no FIN."""
+        abort = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+        for client in list(self.open_clients())[::every]:
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, abort)
+            self._close(client)
 
     # Sending
 

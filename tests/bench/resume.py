@@ -60,6 +60,7 @@ class BlockingClient:
         tls: Speak TLS with this context (``--tls``): a blocking
             ``ssl.SSLSocket``, whose handshake is done before the upgrade
             request is sent, and so before :attr:`sent_ns`.
+        timeout: Seconds any one wait on the socket may take.
 
     Attributes:
         sent_ns: When the handshake request was sent.
@@ -75,13 +76,14 @@ class BlockingClient:
         masker: wire.Masker,
         *,
         tls: ssl.SSLContext | None = None,
+        timeout: float = READ_TIMEOUT_SECONDS,
     ) -> None:
         self.name = name
         self._masker = masker
         self._decoder = wire.FrameDecoder()
         self._frames: collections.deque[Frame] = collections.deque()
         handshake = wire.Handshake.for_client(host, port, name, query)
-        self._sock = socket.create_connection((host, port), READ_TIMEOUT_SECONDS)
+        self._sock = socket.create_connection((host, port), timeout)
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls is not None:

@@ -21,6 +21,14 @@ the server and Redis and closes every socket.
   Measured: from sending the handshake to receiving the last replayed
   event (target: under 50 ms for 1000), and the server's part of it. Each
   run resumes several times; the figures are over all resumes.
+- **disconnect N**: N clients whose connections are reset at the same
+  moment (a NAT gateway restarting): the seconds until the server has let
+  them all go, its threads and descriptors back to where they were, and a
+  newcomer's handshake time meanwhile, probed ten times a second. Passes
+  within 5 s, every probe answered within 1 s. Then the time SIGTERM takes.
+- **shutdown N**: SIGTERM with N clients connected, half of them reset at
+  the same moment: passes when the server exits with 0 within its close
+  timeout (3 s) plus 2 s.
 - **workers C** (``--redis`` only): a room of C clients on ``--workers 2``,
   spread by the kernel over the two processes; correctness only (nothing
   lost, out of order or dropped): on a 2-core machine the generator needs
@@ -35,6 +43,7 @@ import re
 import ssl
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 
@@ -43,6 +52,7 @@ from tests.bench.certificate import run_certificate
 from tests.bench.loadgen import (
     Client,
     LoadGenerator,
+    State,
     TLSLoadGenerator,
     cpu_seconds,
     join_notice_bytes,
@@ -100,6 +110,26 @@ WORKERS = 2
 WORKER_JOINED = re.compile(r" INFO worker (\d+) \S+: \S+ \(.*\) joined; ")
 
 
+#: How often the prober of the disconnect scenario opens a new client, and
+#: how long each may wait for its 101.
+PROBE_PERIOD = 0.1
+PROBE_TIMEOUT = 5.0
+#: What a probe in progress holds on the server: its connection's thread and
+#: its writer, and its socket.
+PROBE_THREADS = 2
+#: Targets of the disconnect scenario (issue #10): every leaver let go
+#: within 5 s, every newcomer answered within 1 s.
+CLEAR_TARGET_S = 5.0
+PROBE_TARGET_MS = 1000.0
+#: How long the disconnect scenario waits for the server to clear, and how
+#: often it looks.
+CLEAR_TIMEOUT = 60.0
+CLEAR_POLL_SECONDS = 0.05
+#: Target of the shutdown scenario: the server's --close-timeout (3 s by
+#: default) plus 2 s.
+STOP_TARGET_S = 5.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Sizes and durations of every scenario."""
@@ -112,7 +142,8 @@ class Settings:
     warmup: float = 1.0
     flood_receivers: int = 100
     flood_window: int = 64
-    idle_clients: int = 10_000
+    #: Clients of the idle, disconnect and shutdown scenarios.
+    scale_clients: int = 10_000
     #: Budget of the idle scenario's handshakes, then of its join notices
     #: (this server needs minutes for 10,000: see the module's docstring).
     idle_connect_timeout: float = 45.0
@@ -140,7 +171,7 @@ QUICK = Settings(
     duration=1.0,
     warmup=0.2,
     flood_receivers=10,
-    idle_clients=200,
+    scale_clients=200,
     lone_messages=8,
     resume_events=50,
     resume_rounds=3,
@@ -736,6 +767,149 @@ def judge_workers(figures: Figures) -> bool:
     )
 
 
+# Mass disconnect and shutdown at scale
+
+
+class Prober:
+    """A thread that opens a new client every :data:`PROBE_PERIOD` seconds.
+
+    Each probe's time runs from its connect() to the handshake's response:
+    how long a newcomer waits while the server is busy. A probe that gets
+    no answer within :data:`PROBE_TIMEOUT` fails.
+    """
+
+    def __init__(self, port: int, tls: ssl.SSLContext | None) -> None:
+        self._port = port
+        self._tls = tls
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prober")
+        #: Milliseconds of each probe that got its 101; written by the thread.
+        self.times_ms: list[float] = []
+        #: Probes that got no 101 in time.
+        self.failed = 0
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        masker = wire.Masker()
+        number = 0
+        while not self._stop.wait(PROBE_PERIOD):
+            number += 1
+            started = time.monotonic_ns()
+            try:
+                with BlockingClient(
+                    HOST,
+                    self._port,
+                    f"probe{number}",
+                    "",
+                    masker,
+                    tls=self._tls,
+                    timeout=PROBE_TIMEOUT,
+                ) as probe:
+                    self.times_ms.append((probe.response_ns - started) / 1e6)
+            except (ResumeError, OSError):
+                self.failed += 1
+
+    def describe(self, figures: Figures) -> None:
+        """Put the probes' figures in ``figures``."""
+        figures.extra["probes"] = len(self.times_ms) + self.failed
+        figures.extra["probes_failed"] = self.failed
+        figures.extra["probe_max_ms"] = max(self.times_ms, default=0.0)
+        if self.times_ms:
+            figures.extra["probe_p50_ms"] = statistics.median(self.times_ms)
+
+
+def run_disconnect(settings: Settings, clients: int) -> Figures:
+    """``clients`` connections reset at the same moment, as when a NAT
+    gateway restarts: how long until the server has let them all go (no
+    client left in its room, its threads and descriptors back to what they
+    were), and how long a newcomer waits for its handshake meanwhile."""
+    figures = Figures("disconnect", clients)
+    with serving(settings) as (server, generator):
+        threads_before = server.thread_count()
+        descriptors_before = server.descriptor_count()
+        connect_and_settle(figures, generator, clients, ())
+        finish(figures, server, generator)
+        with Prober(server.port, generator.context) as prober:
+            time.sleep(3 * PROBE_PERIOD)  # a few probes before
+            reset_at = time.monotonic()
+            generator.reset_all()
+
+            def cleared() -> bool:
+                return (
+                    server.thread_count() <= threads_before + PROBE_THREADS
+                    and server.descriptor_count() <= descriptors_before + PROBE_THREADS
+                )
+
+            while not cleared() and time.monotonic() < reset_at + CLEAR_TIMEOUT:
+                time.sleep(CLEAR_POLL_SECONDS)
+            figures.extra["clear_s"] = time.monotonic() - reset_at
+            figures.extra["cleared"] = float(cleared())
+            time.sleep(3 * PROBE_PERIOD)  # a few probes after
+        prober.describe(figures)
+        figures.extra["stop_s"] = _stop_time(server, generator)
+    after_stop(figures, server)
+    figures.passed = judge_disconnect(figures)
+    return figures
+
+
+def judge_disconnect(figures: Figures) -> bool:
+    """Cleared within 5 s; every newcomer answered within a second."""
+    return (
+        figures.extra.get("cleared") == 1.0
+        and figures.extra.get("clear_s", CLEAR_TIMEOUT) <= CLEAR_TARGET_S
+        and figures.extra.get("probes_failed") == 0
+        and figures.extra.get("probe_max_ms", PROBE_TIMEOUT * 1000) <= PROBE_TARGET_MS
+        and figures.extra.get("server_killed") == 0.0
+    )
+
+
+def run_shutdown(settings: Settings, clients: int) -> Figures:
+    """SIGTERM with ``clients`` connected, half of them being reset at the
+    same moment: how long the server takes to exit, and its exit code.
+
+    The generator reads on, so every client still connected sees its close
+    frame (1001) and the end of its stream.
+    """
+    figures = Figures("shutdown", clients)
+    with serving(settings) as (server, generator):
+        connect_and_settle(figures, generator, clients, ())
+        finish(figures, server, generator)
+        generator.reset_all(every=2)
+        figures.extra["stop_s"] = _stop_time(server, generator)
+        figures.extra["closed_by_server"] = float(
+            sum(1 for client in generator.clients if client.state is State.CLOSED)
+        )
+    after_stop(figures, server)
+    figures.extra["exit_code"] = float(server.process.returncode)
+    figures.passed = judge_shutdown(figures)
+    return figures
+
+
+def _stop_time(server: ServerProcess, generator: LoadGenerator) -> float:
+    """SIGTERM now; seconds until the server exits, the generator reading on."""
+    generator.closing = True
+    started = time.monotonic()
+    server.request_stop()
+    generator.run(server.stop_deadline_ns(), done=server.exited)
+    return time.monotonic() - started
+
+
+def judge_shutdown(figures: Figures) -> bool:
+    """Out within the close timeout and 2 s, with exit code 0."""
+    return (
+        figures.extra.get("stop_s", STOP_TARGET_S + 1) <= STOP_TARGET_S
+        and figures.extra.get("exit_code") == 0.0
+        and figures.extra.get("server_killed") == 0.0
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     """A scenario: how to run it at one size and how to judge its figures."""
@@ -756,5 +930,7 @@ SCENARIOS = {
         Scenario("lone", run_lone, judge_lone),
         Scenario("resume", run_resume, judge_resume),
         Scenario("workers", run_workers, judge_workers, needs_redis=True),
+        Scenario("disconnect", run_disconnect, judge_disconnect),
+        Scenario("shutdown", run_shutdown, judge_shutdown),
     )
 }

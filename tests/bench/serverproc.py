@@ -213,3 +213,7 @@ class ServerProcess(serverproc.ServerProcess):
     def thread_count(self) -> int:
         """Threads in the server process."""
         return len(os.listdir(f"/proc/{self.pid}/task"))
+
+    def descriptor_count(self) -> int:
+        """File descriptors open in the server process."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
