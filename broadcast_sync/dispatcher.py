@@ -499,25 +499,37 @@ def encode(events: Sequence[LoggedEvent], format: Format, epoch: str) -> list[by
 
 
 class _Rendered:
-    """The frames of one flush, encoded once per format, and only if used."""
+    """The frames of one flush, encoded once per format, and only if used.
+
+    Each format's frames are joined into one buffer, which every member
+    gets whole. A client that joined or left during the flush gets a slice
+    of it, a view rather than a copy: a thousand leavers in a flush of a
+    thousand events cost a thousand views, not a million frames joined.
+    """
 
     def __init__(self, events: Sequence[LoggedEvent], epoch: str) -> None:
         self._events = events
         self._epoch = epoch
-        self._frames: dict[Format, list[bytes]] = {}
         self._whole: dict[Format, bytes] = {}
+        #: Where each event's frame starts in the buffer, then where it ends.
+        self._offsets: dict[Format, list[int]] = {}
 
-    def joined(self, format: Format, start: int = 0, end: int | None = None) -> bytes:
+    def joined(
+        self, format: Format, start: int = 0, end: int | None = None
+    ) -> bytes | memoryview:
         """The frames of events ``start`` to ``end`` in ``format``, as one buffer."""
+        whole = self._whole.get(format)
+        if whole is None:
+            whole = self._render(format)
         if start == 0 and end is None:
-            whole = self._whole.get(format)
-            if whole is None:
-                whole = self._whole[format] = b"".join(self._encoded(format))
             return whole
-        return b"".join(self._encoded(format)[start:end])
+        offsets = self._offsets[format]
+        stop = offsets[len(self._events) if end is None else end]
+        return memoryview(whole)[offsets[start] : stop]
 
-    def _encoded(self, format: Format) -> list[bytes]:
-        encoded = self._frames.get(format)
-        if encoded is None:
-            encoded = self._frames[format] = encode(self._events, format, self._epoch)
-        return encoded
+    def _render(self, format: Format) -> bytes:
+        encoded = encode(self._events, format, self._epoch)
+        lengths = (len(frame) for frame in encoded)
+        self._offsets[format] = list(itertools.accumulate(lengths, initial=0))
+        whole = self._whole[format] = b"".join(encoded)
+        return whole

@@ -39,7 +39,7 @@ class Member(Hashable, Protocol):
     def last_seen(self) -> float:
         """Monotonic time of the last bytes received from the client."""
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         """Send ``data`` after what was sent before, without blocking."""
 
     def close(

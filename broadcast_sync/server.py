@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +79,21 @@ LINGER_BYTES = 65536
 MAX_PENDING_HANDSHAKES = 256
 #: How often the acceptor checks for shutdown: the delay of stop().
 ACCEPT_POLL_SECONDS = 0.1
+#: Sessions that may end at the same time; the others wait their turn
+#: asleep, without asking for the GIL. When thousands of connections drop
+#: at once (a NAT gateway that restarts), thousands of threads wake
+#: together, and each would wait for the GIL behind all the others at every
+#: system call of its teardown.
+DEPARTURES_AT_ONCE = 8
+#: The interpreter's switch interval (5 ms by default): how long a thread
+#: may hold the GIL while others wait for it. Every thread waiting for the
+#: GIL also wakes once per interval to ask for it: with ten thousand
+#: waiting (a mass disconnect) at 5 ms, or even 50 ms, those wake-ups alone
+#: filled the core and the server froze. Our threads give the GIL up at
+#: each system call, long before half a second; the longest stretches
+#: without one (a fan-out to thousands of closed clients, a replay) take
+#: milliseconds.
+GIL_SWITCH_INTERVAL = 0.5
 
 
 def format_address(address: tuple[str, int]) -> str:
@@ -149,7 +165,6 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
 
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
-    daemon_threads = False
     block_on_close = False
 
     def __init__(self, config: ServerConfig) -> None:
@@ -182,6 +197,7 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         self._exited: list[threading.Thread] = []
         #: Set by :meth:`stop`: handshakes that finish afterwards get 503.
         self._stopping = threading.Event()
+        self.departures = threading.BoundedSemaphore(DEPARTURES_AT_ONCE)
         self._acceptor = threading.Thread(
             target=self.serve_forever, args=(ACCEPT_POLL_SECONDS,), name="acceptor"
         )
@@ -205,6 +221,7 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
             LogUnavailable: if the log cannot be reached.
         """
         threading.stack_size(THREAD_STACK_BYTES)
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         try:
             # Before the dispatcher runs: it only queues what it is handed.
             self.log.start(self.dispatcher)
@@ -312,10 +329,16 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         connections, refuse it at once, without a thread: silent sockets
         must not exhaust the threads and file descriptors of the process.
         """
+        # A daemon thread, though stop() joins it: for each non-daemon
+        # thread that starts or ends, CPython's threading module (before
+        # 3.13) goes through a lock of every other one. Ten thousand clients
+        # cost quadratic time, and ending them all at once held the GIL for
+        # minutes.
         thread = threading.Thread(
             target=self._serve_connection,
             args=(request, client_address),
             name=f"reader {format_address(client_address)}",
+            daemon=True,
         )
         limit = self.config.max_clients + MAX_PENDING_HANDSHAKES
         with self._connections_lock:
@@ -433,6 +456,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             log=self.server.log,
             metrics=self.server.metrics,
             arrival=arrival,
+            departures=self.server.departures,
             trailing_data=trailing_data,
         )
         session.run()

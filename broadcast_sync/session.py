@@ -100,6 +100,7 @@ class Session:
         log: EventLog,
         metrics: Metrics,
         arrival: Arrival,
+        departures: threading.Semaphore,
         trailing_data: bytes = b"",
     ) -> None:
         self.sock = transport.sock
@@ -123,6 +124,8 @@ class Session:
         self._room = room
         self._log = log
         self._arrival = arrival
+        #: Shared by the server's sessions: bounds how many end at once.
+        self._departures = departures
 
         # Owned by the reader thread.
         self._connection = Connection(
@@ -156,14 +159,18 @@ class Session:
         #: True once the socket is shut down.
         self._aborted = False
         #: Bytes waiting for the writer; ``None`` wakes it to stop.
-        self._outbox: queue.Queue[bytes | None] = queue.Queue(config.queue_size)
+        self._outbox: queue.Queue[bytes | memoryview | None] = queue.Queue(
+            config.queue_size
+        )
+        # A daemon, like the reader, for the reason in server.py; the
+        # reader joins it.
         self._writer = threading.Thread(
-            target=self._write_loop, name=f"writer {address}"
+            target=self._write_loop, name=f"writer {address}", daemon=True
         )
 
     # Outgoing side: called from any thread.
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         """Send ``data`` after everything sent before it, without blocking."""
         with self._lock:
             if not self._closed:
@@ -198,7 +205,7 @@ class Session:
         with self._lock:
             self._abort_locked(why, reason, code)
 
-    def _send_locked(self, data: bytes) -> None:
+    def _send_locked(self, data: bytes | memoryview) -> None:
         """Send ``data``, and whatever the transport has to send with it."""
         if self._encrypted:
             data = self._transport.encode(data)
@@ -278,7 +285,7 @@ class Session:
                     if self._closed:
                         self._shutdown_write()
 
-    def _write_all(self, data: bytes, poller: select.poll) -> bool:
+    def _write_all(self, data: bytes | memoryview, poller: select.poll) -> bool:
         """Write ``data`` within the write timeout, or abort the session."""
         view = memoryview(data)
         deadline = time.monotonic() + self._config.write_timeout
@@ -313,17 +320,22 @@ class Session:
         try:
             self._read_loop()
         except TimeoutError:
-            self.abort(Disconnect.LOST, "closing handshake timed out")
+            self._record_end(Disconnect.LOST, "closing handshake timed out")
         except OSError as exc:
-            self.abort(Disconnect.LOST, f"connection lost: {exc}")
+            self._record_end(Disconnect.LOST, f"connection lost: {exc}")
         finally:
-            self.abort(Disconnect.LOST, "connection closed")
-            self._writer.join()
-            self._leave()
-            with self._lock:
-                ending = self.ending
-            assert ending is not None  # set by abort() at the latest
-            self._metrics.disconnected(ending)
+            with self._departures:
+                self._end()
+
+    def _end(self) -> None:
+        """Cut the connection, join the writer and leave the room."""
+        self.abort(Disconnect.LOST, "connection closed")
+        self._writer.join()
+        self._leave()
+        with self._lock:
+            ending = self.ending
+        assert ending is not None  # set by abort() at the latest
+        self._metrics.disconnected(ending)
 
     def _log_join(self) -> None:
         try:

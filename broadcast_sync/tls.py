@@ -78,7 +78,7 @@ class MemoryTLS:
         alerts, session tickets)."""
         return self._outgoing.read()
 
-    def encode(self, data: bytes) -> bytes:
+    def encode(self, data: bytes | memoryview) -> bytes:
         """``data`` encrypted, after whatever the SSL object had to send;
         ``data`` may be empty."""
         if data:

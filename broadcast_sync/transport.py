@@ -78,7 +78,7 @@ class Transport(Protocol):
             TimeoutError: if none come in time.
         """
 
-    def encode(self, data: bytes) -> bytes:
+    def encode(self, data: bytes | memoryview) -> bytes:
         """The wire bytes that carry ``data``, with anything else the
         transport has to send; ``data`` may be empty."""
 
@@ -108,9 +108,9 @@ class PlainTransport:
         self.sock.settimeout(_remaining(deadline))
         return self.sock.recv(size)
 
-    def encode(self, data: bytes) -> bytes:
-        """``data`` itself."""
-        return data
+    def encode(self, data: bytes | memoryview) -> bytes:
+        """``data`` itself (as bytes: a bytes object is not copied)."""
+        return bytes(data)
 
     def decode(self, data: bytes) -> bytes:
         """``data`` itself."""
@@ -161,7 +161,7 @@ class TLSTransport:
                 return b""
             self._tls.feed(data)
 
-    def encode(self, data: bytes) -> bytes:
+    def encode(self, data: bytes | memoryview) -> bytes:
         """``data`` encrypted, after whatever TLS had to send."""
         return self._tls.encode(data)
 

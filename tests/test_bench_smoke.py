@@ -316,3 +316,35 @@ def test_workers_scenario_needs_redis(tmp_path: Path) -> None:
     )
     assert completed.returncode == 2
     assert "needs --redis" in completed.stderr
+
+
+#: Enough clients that a server whose teardown is quadratic, or whose
+#: threads fight over the GIL, froze: 5,000 reset at once did not clear in
+#: minutes and SIGTERM went unheeded. Five thousand clients fit in the
+#: machine's 20,000 open files per process, on each side.
+MASS_CLIENTS = 5000
+
+
+def test_mass_disconnect_and_shutdown_at_scale(tmp_path: Path) -> None:
+    """Thousands of clients reset at once are all let go, newcomers are
+    answered meanwhile, and SIGTERM with thousands connected exits with 0.
+
+    Only that they happen at all is checked here, with the benchmark's
+    generous time limits; how fast is for ``make bench`` to say.
+    """
+    options = ["--scale-clients", str(MASS_CLIENTS)]
+    scenarios = ["--scenario", "disconnect", "--scenario", "shutdown"]
+    stdout, document = run_bench(tmp_path, *options, *scenarios)
+    rows = {row["scenario"]: row for row in document["scenarios"]}
+    disconnect, shutdown = rows["disconnect"]["extra"], rows["shutdown"]["extra"]
+    assert disconnect["refused"] == 0, disconnect
+    assert disconnect["cleared"] == 1.0, disconnect
+    assert disconnect["probes"] > 0, disconnect
+    assert disconnect["probes_failed"] == 0, disconnect
+    assert disconnect["server_killed"] == 0.0, disconnect
+    assert shutdown["refused"] == 0, shutdown
+    assert shutdown["exit_code"] == 0.0, shutdown
+    assert shutdown["server_killed"] == 0.0, shutdown
+    assert rows["disconnect"]["server_warnings"] == 0
+    assert rows["shutdown"]["server_warnings"] == 0
+    assert "mass disconnect of 5000 clients" in stdout

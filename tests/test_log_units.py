@@ -477,7 +477,7 @@ class FakeMember:
         self._gate: threading.Event | None = None
         self.blocked = threading.Event()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         """Record ``data``; first wait for the gate, if one is set."""
         gate, self._gate = self._gate, None
         if gate is not None:
@@ -487,7 +487,7 @@ class FakeMember:
             if self.closed:
                 self.sent_after_close = True
                 return
-            parsed, self._pending = parse_frames(self._pending + data)
+            parsed, self._pending = parse_frames(self._pending + bytes(data))
             self._frames += parsed
             self._changed.notify_all()
 
