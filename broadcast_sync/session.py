@@ -158,9 +158,14 @@ class Session:
         self._closed = False
         #: True once the socket is shut down.
         self._aborted = False
-        #: Bytes waiting for the writer; ``None`` wakes it to stop.
+        #: Monotonic time by which the writer must have sent the close frame
+        #: queued behind a backlog; the writer reads it without the lock.
+        self._close_by = float("inf")
+        #: Bytes waiting for the writer; ``None`` wakes it to stop. One place
+        #: more than ``queue_size``: a client dropped for a full outbox still
+        #: gets its close frame after what is queued.
         self._outbox: queue.Queue[bytes | memoryview | None] = queue.Queue(
-            config.queue_size
+            config.queue_size + 1
         )
         # A daemon, like the reader, for the reason in server.py; the
         # reader joins it.
@@ -193,7 +198,9 @@ class Session:
                 self._set_end(why, reason)
             self._send_locked(frame)
             self._closed = True
-            if not self._backlog:
+            if self._backlog:
+                self._close_by = time.monotonic() + self._config.close_timeout
+            else:
                 self._shutdown_write()
 
     def abort(self, why: Disconnect, reason: str, code: int | None = None) -> None:
@@ -207,6 +214,10 @@ class Session:
 
     def _send_locked(self, data: bytes | memoryview) -> None:
         """Send ``data``, and whatever the transport has to send with it."""
+        if self._backlog and self._outbox.qsize() >= self._config.queue_size:
+            # Before encrypting: a TLS record made must be sent.
+            self._drop_slow_locked()
+            return
         if self._encrypted:
             data = self._transport.encode(data)
             if not data:
@@ -223,14 +234,26 @@ class Session:
                 return
             data = data[sent:]
             self._backlog = True
-        try:
-            self._outbox.put_nowait(data)
-        except queue.Full:
-            self._abort_locked(
-                Disconnect.SLOW,
-                f"too slow: {self._outbox.maxsize} writes pending",
-                frames.POLICY_VIOLATION,
-            )
+        self._outbox.put_nowait(data)
+
+    def _drop_slow_locked(self) -> None:
+        """Drop a client whose outbox is full, with a close frame 1008.
+
+        The close frame takes the outbox's last place, after the writes
+        queued, which a partly sent frame may lead. The writer has the
+        close timeout to send them; meanwhile the reader is woken to leave
+        the room, and nothing more is sent.
+        """
+        reason = f"too slow: {self._config.queue_size} writes pending"
+        self._set_end(Disconnect.SLOW, reason, frames.POLICY_VIOLATION)
+        close_frame = frames.encode_close(frames.POLICY_VIOLATION, "too slow")
+        if self._encrypted:
+            close_frame = self._transport.encode(close_frame)
+        self._outbox.put_nowait(close_frame)
+        self._closed = True
+        self._close_by = time.monotonic() + self._config.close_timeout
+        with contextlib.suppress(OSError):  # the peer is gone already
+            self.sock.shutdown(socket.SHUT_RD)
 
     def _abort_locked(
         self, why: Disconnect, reason: str, code: int | None = None
@@ -282,20 +305,22 @@ class Session:
             with self._lock:
                 if self._outbox.empty():
                     self._backlog = False
-                    if self._closed:
+                    if self._closed:  # the close frame was the last write
                         self._shutdown_write()
+                        return
 
     def _write_all(self, data: bytes | memoryview, poller: select.poll) -> bool:
-        """Write ``data`` within the write timeout, or abort the session."""
+        """Write ``data`` within the write timeout (or by the time the close
+        frame is due), or abort the session."""
         view = memoryview(data)
-        deadline = time.monotonic() + self._config.write_timeout
+        write_by = time.monotonic() + self._config.write_timeout
         while view:
+            # Read each time: a close frame may be queued meanwhile.
+            deadline = min(write_by, self._close_by)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not poller.poll(remaining * 1000):
                 self.abort(
-                    Disconnect.SLOW,
-                    f"too slow: no write for {self._config.write_timeout:g} s",
-                    frames.POLICY_VIOLATION,
+                    Disconnect.SLOW, self._stuck(write_by), frames.POLICY_VIOLATION
                 )
                 return False
             try:
@@ -307,6 +332,12 @@ class Session:
                 return False
             view = view[sent:]
         return True
+
+    def _stuck(self, write_by: float) -> str:
+        """Why the writer gives up on a write due by ``write_by``."""
+        if self._close_by < write_by:
+            return "too slow: the close frame was not sent within the close timeout"
+        return f"too slow: no write for {self._config.write_timeout:g} s"
 
     # Reader: runs in the connection's thread.
 
@@ -325,17 +356,23 @@ class Session:
             self._record_end(Disconnect.LOST, f"connection lost: {exc}")
         finally:
             with self._departures:
-                self._end()
+                self._depart()
+            # Outside the gate: a close frame behind a backlog may take the
+            # writer up to the close timeout.
+            self._writer.join()
+            self.abort(Disconnect.LOST, "connection closed")
+            with self._lock:
+                ending = self.ending
+            assert ending is not None  # set by abort() at the latest
+            self._metrics.disconnected(ending)
 
-    def _end(self) -> None:
-        """Cut the connection, join the writer and leave the room."""
-        self.abort(Disconnect.LOST, "connection closed")
-        self._writer.join()
-        self._leave()
+    def _depart(self) -> None:
+        """Cut the connection, unless the writer is still getting a close
+        frame out (it cuts it then), and leave the room."""
         with self._lock:
-            ending = self.ending
-        assert ending is not None  # set by abort() at the latest
-        self._metrics.disconnected(ending)
+            if not (self._closed and self._backlog):
+                self._abort_locked(Disconnect.LOST, "connection closed")
+        self._leave()
 
     def _log_join(self) -> None:
         try:

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable, Sequence
 
 import pytest
-from wsproto.events import CloseConnection, Ping
+from wsproto.events import CloseConnection, Ping, TextMessage
 
 from tests.conftest import (
     UNIT,
@@ -117,6 +117,37 @@ def test_full_outbox_drops_a_client_that_never_reads(
         from_sender = [m for m in seen["alice"] if m.startswith(f"{name}: ")]
         assert from_sender == [f"{name}: {message}" for message in flood(name)]
     assert "left: too slow: 4 writes pending" in caplog.text
+
+
+def test_client_dropped_for_a_full_outbox_still_gets_its_close_frame() -> None:
+    """A client dropped for a full outbox gets what was queued for it, then
+    its close frame 1008, then the end of the stream, once it reads again
+    (within the close timeout), as RFC 6455 and the README promise."""
+    leave = "Server: slow has left the chat"
+    seen: list[str] = []
+    with run_server(**slow_options(queue_size=4, close_timeout=5 * UNIT)) as server:
+        (alice,) = join_all(server, ["alice"])
+        with RawClient(server.port, "slow", socket_options=SLOW_LINK) as slow:
+            assert receive_text(alice) == "Server: slow has joined the chat"
+            for message in flood("alice") * 4:
+                alice.send(message)
+                while (received := receive_text(alice, ROUND_TRIP)) != (
+                    f"alice: {message}"
+                ):
+                    seen.append(received)
+                seen.append(received)
+                if leave in seen:
+                    break
+            assert leave in seen, "the slow client was never dropped"
+            events = slow.events_until_close()
+            slow.assert_server_closes_tcp()
+    close = events.pop()
+    assert isinstance(close, CloseConnection)
+    assert (close.code, close.reason) == (1008, "too slow")
+    texts = [event.data for event in events if isinstance(event, TextMessage)]
+    assert len(texts) == len(events)
+    assert texts[0] == "Server: slow has joined the chat"
+    assert texts[1:] == seen[: len(texts) - 1]
 
 
 def test_write_timeout_drops_a_client_that_never_reads(
