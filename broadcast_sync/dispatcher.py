@@ -435,12 +435,16 @@ class Dispatcher:
         rendered = _Rendered(events, self._epoch)
         deliveries = sent_bytes = 0
         if events:
+            closed = []
             with self._hub.locked_members() as members:
                 for member in members:
                     data = rendered.joined(member.format)
-                    member.send(data)
+                    if not member.send(data):
+                        closed.append(member)
                     sent_bytes += len(data)
                 deliveries = len(members) * len(events)
+            if closed:
+                self._hub.discard(closed)
         for member, start in flush.added.items():
             count = self._hub.add(member)
             logger.info(

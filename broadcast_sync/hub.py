@@ -39,8 +39,9 @@ class Member(Hashable, Protocol):
     def last_seen(self) -> float:
         """Monotonic time of the last bytes received from the client."""
 
-    def send(self, data: bytes | memoryview) -> None:
-        """Send ``data`` after what was sent before, without blocking."""
+    def send(self, data: bytes | memoryview) -> bool:
+        """Send ``data`` after what was sent before, without blocking;
+        False once the client takes nothing more (closed, or lost)."""
 
     def close(
         self, frame: bytes, why: Disconnect | None = None, reason: str = ""
@@ -87,6 +88,13 @@ class Hub(Generic[MemberT]):
         """Hold ``lock`` while the caller goes through the members."""
         with self.lock:
             yield self._members.keys()
+
+    def discard(self, members: Collection[MemberT]) -> None:
+        """Stop broadcasting to ``members`` before they leave: they are
+        closed, and a fan-out to thousands of closed clients costs."""
+        with self.lock:
+            for member in members:
+                self._members.pop(member, None)
 
     def count(self) -> int:
         """How many members there are."""

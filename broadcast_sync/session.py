@@ -175,11 +175,13 @@ class Session:
 
     # Outgoing side: called from any thread.
 
-    def send(self, data: bytes | memoryview) -> None:
-        """Send ``data`` after everything sent before it, without blocking."""
+    def send(self, data: bytes | memoryview) -> bool:
+        """Send ``data`` after everything sent before it, without blocking;
+        False once nothing more can be sent."""
         with self._lock:
             if not self._closed:
                 self._send_locked(data)
+            return not self._closed
 
     def close(
         self, frame: bytes, why: Disconnect | None = None, reason: str = ""
@@ -270,9 +272,6 @@ class Session:
         self._aborted = True
         with contextlib.suppress(OSError):  # the peer is gone already
             self.sock.shutdown(socket.SHUT_RDWR)
-        # A full outbox means the writer is sending: it fails on the shut socket.
-        with contextlib.suppress(queue.Full):
-            self._outbox.put_nowait(None)
 
     def _shutdown_write(self) -> None:
         closing = self._transport.closing()  # TLS: a close_notify
@@ -353,7 +352,7 @@ class Session:
         except TimeoutError:
             self._record_end(Disconnect.LOST, "closing handshake timed out")
         except OSError as exc:
-            self._record_end(Disconnect.LOST, f"connection lost: {exc}")
+            self._lose(f"connection lost: {exc}")
         finally:
             with self._departures:
                 self._depart()
@@ -366,12 +365,31 @@ class Session:
             assert ending is not None  # set by abort() at the latest
             self._metrics.disconnected(ending)
 
-    def _depart(self) -> None:
-        """Cut the connection, unless the writer is still getting a close
-        frame out (it cuts it then), and leave the room."""
+    def _lose(self, reason: str) -> None:
+        """Note that the connection failed: nothing more is sent on it.
+
+        Before the departure gate: the dispatcher then skips this client
+        without a system call, and drops it from the fan-out.
+        """
         with self._lock:
-            if not (self._closed and self._backlog):
+            self._set_end(Disconnect.LOST, reason)
+            self._closed = True
+
+    def _depart(self) -> None:
+        """Cut the connection and stop the writer, unless it is still getting
+        a close frame out (it stops by itself then), and leave the room.
+
+        Only the reader wakes its writer, here, behind the departure gate:
+        a fan-out that finds thousands of connections reset must not wake
+        thousands of writers at once.
+        """
+        with self._lock:
+            if not (self._backlog and self._close_by < float("inf")):
                 self._abort_locked(Disconnect.LOST, "connection closed")
+                # A full outbox means the writer is sending: it fails on
+                # the shut socket.
+                with contextlib.suppress(queue.Full):
+                    self._outbox.put_nowait(None)
         self._leave()
 
     def _log_join(self) -> None:

@@ -477,7 +477,7 @@ class FakeMember:
         self._gate: threading.Event | None = None
         self.blocked = threading.Event()
 
-    def send(self, data: bytes | memoryview) -> None:
+    def send(self, data: bytes | memoryview) -> bool:
         """Record ``data``; first wait for the gate, if one is set."""
         gate, self._gate = self._gate, None
         if gate is not None:
@@ -486,10 +486,11 @@ class FakeMember:
         with self._changed:
             if self.closed:
                 self.sent_after_close = True
-                return
+                return False
             parsed, self._pending = parse_frames(self._pending + bytes(data))
             self._frames += parsed
             self._changed.notify_all()
+            return True
 
     def close(
         self, frame: bytes, why: Disconnect | None = None, reason: str = ""
