@@ -175,7 +175,8 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=non_negative_int,
         default=DEFAULTS.rate_limit,
         metavar="N",
-        help="messages a client may send per window; 0 disables (default: %(default)s)",
+        help="messages a client may send per window, on average, and at once "
+        "after a pause (a token bucket); 0 disables (default: %(default)s)",
     )
     limits.add_argument(
         "--rate-window",

@@ -10,40 +10,45 @@ class Verdict(enum.Enum):
 
     #: Broadcast it.
     ALLOW = "allow"
-    #: Drop it and tell the sender, once per window.
+    #: Drop it and tell the sender, at most once per window.
     DROP_AND_NOTIFY = "drop and notify"
-    #: Drop it silently: the sender was told in this window already.
+    #: Drop it silently: the sender was told within the window already.
     DROP = "drop"
 
 
 class RateLimiter:
-    """Allows ``limit`` messages per ``window`` seconds, in fixed windows.
+    """Allows ``limit`` messages per ``window`` seconds: a token bucket.
 
-    A window opens with the first message after the previous one ended, so an
-    idle client always gets its full allowance back. Owned by one client's
-    reader thread, so it needs no lock.
+    The bucket holds ``limit`` tokens and refills at ``limit / window`` a
+    second; each message takes one. A client that sends at the rate, with
+    the jitter of a real network, never runs dry, and an idle client gets
+    its whole burst back. (Fixed windows that open with the first message
+    after the last one ended let jitter put one message too many into some
+    windows: an honest client at exactly the rate lost about one in ten.)
+
+    Owned by one client's reader thread, so it needs no lock.
     """
 
     def __init__(self, limit: int, window: float) -> None:
         """``limit`` of 0 disables the limiter."""
         self.limit = limit
         self.window = window
-        self._window_end = float("-inf")
-        self._count = 0
-        self._notified = False
+        self._tokens = float(limit)
+        #: Monotonic time of the last refill, and of the last notice.
+        self._refilled = float("-inf")
+        self._notified = float("-inf")
 
     def check(self, now: float) -> Verdict:
         """Count one message arriving at ``now`` (monotonic seconds)."""
         if self.limit <= 0:
             return Verdict.ALLOW
-        if now >= self._window_end:
-            self._window_end = now + self.window
-            self._count = 0
-            self._notified = False
-        self._count += 1
-        if self._count <= self.limit:
+        refill = (now - self._refilled) * self.limit / self.window
+        self._tokens = min(self._tokens + refill, self.limit)
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
             return Verdict.ALLOW
-        if self._notified:
+        if now - self._notified < self.window:
             return Verdict.DROP
-        self._notified = True
+        self._notified = now
         return Verdict.DROP_AND_NOTIFY

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -184,6 +186,50 @@ def test_rate_limit(rate_limit: int, sent: int, broadcast: int) -> None:
     else:
         assert received[:-1] == expected
         assert received[-1].startswith("Server: rate limit: at most 3 messages")
+
+
+#: How long the paced senders below send: long enough for the jitter of
+#: every message to have had its chance.
+PACED_SECONDS = 10
+
+
+def paced_sender(ws: ChatClient, rate: float, seed: int) -> Callable[[], None]:
+    """A task sending ``rate`` messages a second for :data:`PACED_SECONDS`, on
+    a clock, each up to 20 % of the period early or late, as a network's
+    jitter would have them arrive."""
+    period = 1 / rate
+    jitter = random.Random(seed)
+
+    def send_all() -> None:
+        started = time.monotonic()
+        for index in range(int(PACED_SECONDS * rate)):
+            due = started + (index + jitter.uniform(-0.2, 0.2)) * period
+            time.sleep(max(due - time.monotonic(), 0))
+            ws.send(f"m{index}")
+
+    return send_all
+
+
+def test_rate_limit_spares_a_client_at_the_rate() -> None:
+    """At the default limit (5 messages a second), a client sending at
+    exactly that rate with ±20 % jitter is never limited; one sending at
+    1.5 times the rate is, and still gets the rate through."""
+    with run_server(rate_limit=5, rate_window=1.0) as server:
+        honest, flooder = join_all(server, ["honest", "flooder"])
+        run_concurrently(
+            [paced_sender(honest, 5, seed=1), paced_sender(flooder, 7.5, seed=2)]
+        )
+        from_honest = close_and_drain(honest)
+        from_flooder = close_and_drain(flooder)
+    notice = "Server: rate limit: at most 5 messages every 1 s; messages dropped"
+    sent = PACED_SECONDS * 5
+    assert [line for line in from_honest if line.startswith("honest: ")] == [
+        f"honest: m{index}" for index in range(sent)
+    ]
+    assert notice not in from_honest
+    assert notice in from_flooder
+    passed = [line for line in from_flooder if line.startswith("flooder: ")]
+    assert sent <= len(passed) <= sent + 5  # the rate, and one burst
 
 
 def test_message_sent_just_before_close_is_delivered() -> None:

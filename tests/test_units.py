@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 from http import HTTPStatus
 
 import h11
@@ -174,10 +175,11 @@ def test_console_prints_above_the_input_line() -> None:
 # ratelimit.py
 
 
-def test_rate_limiter_allows_then_notifies_once_then_drops() -> None:
-    """N messages pass, the next is dropped with a notice, later ones silently."""
+def test_rate_limiter_allows_a_burst_then_notifies_once_then_drops() -> None:
+    """A burst of N passes, the next is dropped with a notice, later ones
+    silently."""
     limiter = RateLimiter(limit=3, window=1.0)
-    verdicts = [limiter.check(now) for now in (0.0, 0.1, 0.2, 0.3, 0.4, 0.99)]
+    verdicts = [limiter.check(now) for now in (0.0, 0.01, 0.02, 0.03, 0.04, 0.05)]
     assert verdicts == [
         Verdict.ALLOW,
         Verdict.ALLOW,
@@ -188,25 +190,54 @@ def test_rate_limiter_allows_then_notifies_once_then_drops() -> None:
     ]
 
 
-def test_rate_limiter_new_window_resets_count_and_notice() -> None:
-    """At the end of a window the allowance and the one notice come back."""
+def test_rate_limiter_refills_at_the_rate() -> None:
+    """Tokens come back at limit/window a second: one every 0.5 s here."""
     limiter = RateLimiter(limit=2, window=1.0)
-    first = [limiter.check(now) for now in (0.0, 0.5, 0.6, 0.7)]
-    second = [limiter.check(now) for now in (1.0, 1.1, 1.2, 1.3)]
-    expected = [Verdict.ALLOW, Verdict.ALLOW, Verdict.DROP_AND_NOTIFY, Verdict.DROP]
-    assert first == expected
-    assert second == expected
+    assert [limiter.check(now) for now in (0.0, 0.0, 0.1)] == [
+        Verdict.ALLOW,
+        Verdict.ALLOW,
+        Verdict.DROP_AND_NOTIFY,
+    ]
+    assert limiter.check(0.45) is Verdict.DROP  # 0.9 token: not yet
+    assert limiter.check(0.55) is Verdict.ALLOW  # a whole one, then 0.1 left
+    assert limiter.check(0.6) is Verdict.DROP
+    assert limiter.check(10.0) is Verdict.ALLOW  # idle: the whole burst back
+    assert limiter.check(10.0) is Verdict.ALLOW
+    assert limiter.check(10.0) is Verdict.DROP_AND_NOTIFY  # a window later
 
 
-def test_rate_limiter_window_opens_with_first_message_after_idle() -> None:
-    """After an idle gap the new window starts at the next message, not on a grid."""
-    limiter = RateLimiter(limit=1, window=1.0)
-    assert limiter.check(0.0) is Verdict.ALLOW
-    assert limiter.check(5.5) is Verdict.ALLOW
-    # Still in the window opened at 5.5, which a grid at whole seconds would
-    # have ended at 6.0.
-    assert limiter.check(6.2) is Verdict.DROP_AND_NOTIFY
-    assert limiter.check(6.5) is Verdict.ALLOW
+def test_rate_limiter_notifies_at_most_once_per_window() -> None:
+    """A client that keeps flooding hears of it once a window, not once a
+    message nor once per message let through."""
+    limiter = RateLimiter(limit=5, window=1.0)
+    verdicts = [limiter.check(index / 50) for index in range(150)]  # 3 s at 50/s
+    assert verdicts.count(Verdict.DROP_AND_NOTIFY) == 3
+    # The burst, then 5 a second: 5 + 2.98 * 5, less what is not whole yet.
+    assert verdicts.count(Verdict.ALLOW) == 19
+
+
+def jittered_arrivals(rate: float, seconds: float, seed: int) -> list[float]:
+    """Arrival times of a client sending ``rate`` messages a second on a
+    clock, each delayed or advanced by up to 20 % of the period."""
+    period = 1 / rate
+    jitter = random.Random(seed)
+    count = int(seconds * rate)
+    return sorted(
+        index * period + jitter.uniform(-0.2, 0.2) * period for index in range(count)
+    )
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_rate_limiter_never_limits_a_client_at_the_rate(seed: int) -> None:
+    """At exactly the default rate (5 a second), with ±20 % jitter, for 60 s:
+    never limited. At 1.5 times the rate: limited."""
+    honest, flooder = RateLimiter(limit=5, window=1.0), RateLimiter(5, 1.0)
+    honest_verdicts = {honest.check(t) for t in jittered_arrivals(5, 60, seed)}
+    flooder_verdicts = [flooder.check(t) for t in jittered_arrivals(7.5, 60, seed)]
+    assert honest_verdicts == {Verdict.ALLOW}
+    assert Verdict.DROP_AND_NOTIFY in flooder_verdicts
+    # It still gets the rate through, and no more.
+    assert 300 <= flooder_verdicts.count(Verdict.ALLOW) <= 305
 
 
 def test_rate_limit_zero_disables() -> None:
