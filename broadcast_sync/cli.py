@@ -223,6 +223,23 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help="further handshakes get 503; per process (default: %(default)s)",
     )
+    limits.add_argument(
+        "--max-clients-per-ip",
+        type=non_negative_int,
+        default=DEFAULTS.max_clients_per_ip,
+        metavar="N",
+        help="connections one address may hold, in their handshake or joined "
+        "(an IPv6 address counts as its /64); further ones get 429; 0 disables "
+        "(default: %(default)s)",
+    )
+    limits.add_argument(
+        "--handshake-rate",
+        type=non_negative_int,
+        default=DEFAULTS.handshake_rate,
+        metavar="N",
+        help="new connections one address may open per second, and at once; "
+        "further ones get 429; 0 disables (default: %(default)s)",
+    )
     timing = start.add_argument_group("timing")
     timing.add_argument(
         "--ping-interval",

@@ -83,6 +83,13 @@ class ServerConfig:
     # Each client costs two threads and one file descriptor; the process may
     # open 20,000 files, so 10,000 clients leaves room for the rest.
     max_clients: int = 10_000
+    # No address may take the server. An office or a school behind one NAT
+    # rarely has more people in one chat; 0 disables.
+    max_clients_per_ip: int = 100
+    # New connections per address per second, and at once. A page load is
+    # five (the page, its script, style and icon, the WebSocket); a whole
+    # office reconnecting after a restart is spread by the clients' backoff.
+    handshake_rate: int = 20
 
     # Timeouts
     # Just under a minute, like gorilla/websocket's chat: fewer pings than

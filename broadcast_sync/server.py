@@ -20,6 +20,7 @@ from types import TracebackType
 
 import h11
 
+from broadcast_sync.admission import Admission, address_group
 from broadcast_sync.config import Mode, ServerConfig
 from broadcast_sync.dispatcher import Dispatcher
 from broadcast_sync.handshake import (
@@ -198,6 +199,8 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         #: Set by :meth:`stop`: handshakes that finish afterwards get 503.
         self._stopping = threading.Event()
         self.departures = threading.BoundedSemaphore(DEPARTURES_AT_ONCE)
+        #: Connections and handshake rate per client address.
+        self.admission = Admission(config.max_clients_per_ip, config.handshake_rate)
         self._acceptor = threading.Thread(
             target=self.serve_forever, args=(ACCEPT_POLL_SECONDS,), name="acceptor"
         )
@@ -334,9 +337,15 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         # 3.13) goes through a lock of every other one. Ten thousand clients
         # cost quadratic time, and ending them all at once held the GIL for
         # minutes.
+        group = self.counted_group(client_address[0])
+        refusal = None if group is None else self.admission.admit(group)
+        if refusal is not None:
+            error = HTTPError(HTTPStatus.TOO_MANY_REQUESTS, refusal)
+            self._refuse_at_once(request, client_address, error)
+            return
         thread = threading.Thread(
             target=self._serve_connection,
-            args=(request, client_address),
+            args=(request, client_address, group),
             name=f"reader {format_address(client_address)}",
             daemon=True,
         )
@@ -347,18 +356,32 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
                 self._connections[request] = thread
             exited, self._exited = self._exited, []
         if full:
-            self._refuse_at_once(request, client_address, limit)
+            if group is not None:
+                self.admission.release(group)
+            error = HTTPError(
+                HTTPStatus.SERVICE_UNAVAILABLE, f"too many connections ({limit})"
+            )
+            self._refuse_at_once(request, client_address, error)
         else:
             thread.start()
         for done in exited:
             done.join()  # it has finished its work: this returns at once
 
+    def counted_group(self, ip: str) -> str | None:
+        """The address group a connection from ``ip`` counts in; None for a
+        trusted proxy, whose clients count by their own address once their
+        request names it (see ``ConnectionHandler._find_client``)."""
+        if in_networks(ip, self.config.trusted_proxies):
+            return None
+        return address_group(ip)
+
     def _refuse_at_once(
-        self, request: socket.socket, client_address: tuple[str, int], limit: int
+        self,
+        request: socket.socket,
+        client_address: tuple[str, int],
+        error: HTTPError,
     ) -> None:
-        error = HTTPError(
-            HTTPStatus.SERVICE_UNAVAILABLE, f"too many connections ({limit})"
-        )
+        """Answer ``error`` without a thread, best effort, and close."""
         self.note_refusal(Peer.of(client_address), error)
         self.metrics.handshake(error.status)
         response = reject_response(error)
@@ -367,13 +390,18 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         self.shutdown_request(request)
 
     def _serve_connection(
-        self, request: socket.socket, client_address: tuple[str, int]
+        self,
+        request: socket.socket,
+        client_address: tuple[str, int],
+        group: str | None,
     ) -> None:
         try:
             self.finish_request(request, client_address)
         except Exception:
             logger.exception("error serving %s", format_address(client_address))
         finally:
+            if group is not None:
+                self.admission.release(group)
             # Out of _connections before the socket is closed: stop() cuts
             # open sockets only. Into _exited, so that somebody joins it.
             with self._connections_lock:
@@ -398,6 +426,9 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         self._peer = Peer.of(self.client_address)
         #: The page's scheme, if a trusted proxy said which.
         self._scheme: str | None = None
+        #: The address group this connection was admitted in, when a trusted
+        #: proxy named the client (the acceptor counts the others).
+        self._admitted: str | None = None
         tls = self.server.tls
         self._transport: Transport = (
             PlainTransport(self.request)
@@ -462,13 +493,30 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         session.run()
 
     def _find_client(self, http_request: h11.Request) -> None:
-        """Believe a trusted proxy's word on who the client is."""
+        """Believe a trusted proxy's word on who the client is, and admit the
+        client by its own address.
+
+        Raises:
+            HTTPError: 429 if that address may not open another connection.
+        """
         trusted = self.server.config.trusted_proxies
         if not in_networks(self._peer.ip, trusted):
             return
         client = forwarded_client(self._peer.ip, http_request.headers, trusted)
         self._peer = Peer(client.address, via=self._peer)
         self._scheme = client.scheme
+        group = self.server.counted_group(client.address)
+        if group is None:  # no client named, or another proxy
+            return
+        refusal = self.server.admission.admit(group)
+        if refusal is not None:
+            raise HTTPError(HTTPStatus.TOO_MANY_REQUESTS, refusal)
+        self._admitted = group
+
+    def finish(self) -> None:
+        """Give back the client's place in its address's count."""
+        if self._admitted is not None:
+            self.server.admission.release(self._admitted)
 
     def _handshake(self, http_request: h11.Request) -> tuple[str, str, Arrival]:
         """Check the handshake; reserve the client's name.

@@ -114,6 +114,7 @@ class RawClient:
         username: The name to ask for.
         socket_options: ``(level, option, value)`` to set before connecting.
         early_data: Bytes sent in the same write as the handshake request.
+        source: The local address to connect from, such as ``127.0.0.2``.
     """
 
     def __init__(
@@ -123,10 +124,13 @@ class RawClient:
         *,
         socket_options: Sequence[tuple[int, int, int]] = (),
         early_data: bytes = b"",
+        source: str = "",
     ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         for level, option, value in socket_options:
             self.sock.setsockopt(level, option, value)
+        if source:
+            self.sock.bind((source, 0))
         self.sock.settimeout(TIMEOUT)
         self._connection = Connection(ConnectionType.CLIENT)
         self._events: collections.deque[Event] = collections.deque()

@@ -51,6 +51,8 @@ START_OPTIONS = (
     "--max-username-chars",
     "--queue-size",
     "--max-clients",
+    "--max-clients-per-ip",
+    "--handshake-rate",
     "--ping-interval",
     "--pong-timeout",
     "--write-timeout",

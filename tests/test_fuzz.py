@@ -420,7 +420,13 @@ def fuzzed_server(
     try:
         # No rate limit: the watcher sends a marker after every example. No
         # batch window: examples are many, and each waits on a few flushes.
-        options = {"rate_limit": 0, "batch_window": 0.0, "close_timeout": 2 * UNIT}
+        # No handshake rate: every example is a new connection from 127.0.0.1.
+        options = {
+            "rate_limit": 0,
+            "handshake_rate": 0,
+            "batch_window": 0.0,
+            "close_timeout": 2 * UNIT,
+        }
         with run_server(mode=mode, **options) as server:
             watcher = Watcher(server)
             files_before = open_files()

@@ -602,7 +602,13 @@ def test_connections_beyond_pending_limit_get_503_at_once() -> None:
     """Past max_clients plus the pending-handshake allowance, 503 without a thread."""
     limit = 1 + MAX_PENDING_HANDSHAKES
     with (
-        run_server(max_clients=1, handshake_timeout=30, close_timeout=0.1) as server,
+        run_server(
+            max_clients=1,
+            max_clients_per_ip=0,  # every connection comes from 127.0.0.1
+            handshake_rate=0,
+            handshake_timeout=30,
+            close_timeout=0.1,
+        ) as server,
         contextlib.ExitStack() as silent,
     ):
         for _ in range(limit):

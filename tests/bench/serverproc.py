@@ -43,7 +43,7 @@ STOP_TIMEOUT_SECONDS = 15.0
 #: Options of every run. Chat mode: ``NAME: MESSAGE`` and join notices, which
 #: the byte counts rely on. Pings every hour keep pongs out of the
 #: measurement; no rate limit, since the load is the point; room for the idle
-#: scenario.
+#: scenario, whose clients all come from one address.
 SERVER_OPTIONS = (
     "--host",
     "127.0.0.1",
@@ -55,6 +55,10 @@ SERVER_OPTIONS = (
     "0",
     "--max-clients",
     "12000",
+    "--max-clients-per-ip",
+    "0",
+    "--handshake-rate",
+    "0",
     "--log-level",
     "warning",
     "--ping-interval",

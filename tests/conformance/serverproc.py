@@ -44,6 +44,9 @@ SERVER_OPTIONS = (
     # Cases 9.7 and 9.8 send a thousand messages as fast as they are echoed.
     "--rate-limit",
     "0",
+    # The fuzzing client opens one connection per case, hundreds a second.
+    "--handshake-rate",
+    "0",
     # Every connection's end and its reason, for diagnosis.
     "--log-level",
     "info",
