@@ -62,6 +62,8 @@ class Disconnect(enum.Enum):
     SHUTDOWN = "shutdown"
     #: The log (Redis) could not be reached (1013).
     UNAVAILABLE = "unavailable"
+    #: Too many pings and pongs (1008).
+    RATE = "rate"
 
 
 class Metrics:

@@ -27,6 +27,7 @@ from wsproto.events import (
     BytesMessage,
     CloseConnection,
     Ping,
+    Pong,
     TextMessage,
 )
 from wsproto.events import Event as ProtocolEvent
@@ -55,6 +56,10 @@ logger = logging.getLogger(__name__)
 
 #: Bytes read from the socket at a time: many chat messages, little memory.
 RECEIVE_BYTES = 16384
+#: Pings and pongs a client may send per message it may send (see
+#: --rate-limit): a keepalive needs one every few seconds; a client sending
+#: thousands a second took a core. Past it, the client is closed with 1008.
+CONTROL_FRAMES_PER_MESSAGE = 4
 
 
 class Room(Protocol):
@@ -132,6 +137,9 @@ class Session:
             ConnectionType.SERVER, trailing_data=trailing_data
         )
         self._limiter = RateLimiter(config.rate_limit, config.rate_window)
+        self._control_limiter = RateLimiter(
+            CONTROL_FRAMES_PER_MESSAGE * config.rate_limit, config.rate_window
+        )
         self._assembler = MessageAssembler(config.max_message_bytes)
         self._relay = config.mode is Mode.RELAY
         self._metrics = metrics
@@ -463,6 +471,11 @@ class Session:
         """Act on one event; False when the connection is done."""
         if isinstance(event, (TextMessage, BytesMessage)):
             self._on_data(event)
+        elif isinstance(event, (Ping, Pong)) and not self._within_control_rate():
+            limit = self._control_limiter.limit
+            window = self._control_limiter.window
+            reason = f"too many pings: at most {limit} every {window:g} s"
+            self._fail(Disconnect.RATE, frames.POLICY_VIOLATION, reason)
         elif isinstance(event, Ping):
             self.send(frames.encode_pong(event.payload))
         elif isinstance(event, CloseConnection):
@@ -515,6 +528,11 @@ class Session:
         else:
             assert isinstance(message, str)  # binary was refused above
             self._on_chat(message)
+
+    def _within_control_rate(self) -> bool:
+        """Count a ping or pong; False once the client sent too many."""
+        verdict = self._control_limiter.check(time.monotonic())
+        return verdict is Verdict.ALLOW
 
     def _within_rate(self) -> bool:
         """Count a message against the rate limit; False to drop it."""
