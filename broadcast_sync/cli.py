@@ -217,6 +217,14 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     limits.add_argument(
+        "--max-queue-bytes",
+        type=positive_int,
+        default=DEFAULTS.max_queue_bytes,
+        metavar="BYTES",
+        help="bytes a slow client may have pending before it is dropped "
+        "(default: %(default)s)",
+    )
+    limits.add_argument(
         "--max-clients",
         type=positive_int,
         default=DEFAULTS.max_clients,

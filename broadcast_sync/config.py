@@ -80,6 +80,9 @@ class ServerConfig:
     # Pending writes (one per broadcast batch) a slow client may have before
     # it is dropped: a few seconds of traffic under load.
     queue_size: int = 256
+    # And bytes: with the kernel's 256 KiB send buffer, half a megabyte per
+    # slow client at most; 10,000 of them, 5 GB.
+    max_queue_bytes: int = 256 * 1024
     # Each client costs two threads and one file descriptor; the process may
     # open 20,000 files, so 10,000 clients leaves room for the rest.
     max_clients: int = 10_000

@@ -56,6 +56,14 @@ logger = logging.getLogger(__name__)
 
 #: Bytes read from the socket at a time: many chat messages, little memory.
 RECEIVE_BYTES = 16384
+#: The kernel's buffers of each client's socket (Linux doubles these for its
+#: bookkeeping). Left alone, loopback autotuning grew a slow reader's send
+#: buffer to 2.8 MB, so that 300 of them pinned 1.16 GB of kernel memory.
+#: 128 KiB is several seconds of a busy room for one client.
+SEND_BUFFER_BYTES = 128 * 1024
+#: A client's input is read as it comes; a flood beyond this waits in the
+#: client's own buffers, not ours.
+RECEIVE_BUFFER_BYTES = 64 * 1024
 #: Pings and pongs a client may send per message it may send (see
 #: --rate-limit): a keepalive needs one every few seconds; a client sending
 #: thousands a second took a core. Past it, the client is closed with 1008.
@@ -109,6 +117,8 @@ class Session:
         trailing_data: bytes = b"",
     ) -> None:
         self.sock = transport.sock
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         self.address = address
         self.name = name
         self.format = arrival.format
@@ -166,6 +176,8 @@ class Session:
         self._closed = False
         #: True once the socket is shut down.
         self._aborted = False
+        #: Bytes in the outbox: with its writes, bounded by the config.
+        self._queued_bytes = 0
         #: Monotonic time by which the writer must have sent the close frame
         #: queued behind a backlog; the writer reads it without the lock.
         self._close_by = float("inf")
@@ -224,7 +236,7 @@ class Session:
 
     def _send_locked(self, data: bytes | memoryview) -> None:
         """Send ``data``, and whatever the transport has to send with it."""
-        if self._backlog and self._outbox.qsize() >= self._config.queue_size:
+        if self._backlog and self._outbox_full(len(data)):
             # Before encrypting: a TLS record made must be sent.
             self._drop_slow_locked()
             return
@@ -245,6 +257,16 @@ class Session:
             data = data[sent:]
             self._backlog = True
         self._outbox.put_nowait(data)
+        self._queued_bytes += len(data)
+
+    def _outbox_full(self, adding: int) -> bool:
+        """Whether ``adding`` more bytes would overfill the outbox, in
+        writes or in bytes. (The first write of a backlog always goes in:
+        the part of a frame the socket did not take must follow.)"""
+        return (
+            self._outbox.qsize() >= self._config.queue_size
+            or self._queued_bytes + adding > self._config.max_queue_bytes
+        )
 
     def _drop_slow_locked(self) -> None:
         """Drop a client whose outbox is full, with a close frame 1008.
@@ -254,12 +276,16 @@ class Session:
         close timeout to send them; meanwhile the reader is woken to leave
         the room, and nothing more is sent.
         """
-        reason = f"too slow: {self._config.queue_size} writes pending"
+        reason = (
+            f"too slow: {self._outbox.qsize()} writes, "
+            f"{self._queued_bytes} bytes pending"
+        )
         self._set_end(Disconnect.SLOW, reason, frames.POLICY_VIOLATION)
         close_frame = frames.encode_close(frames.POLICY_VIOLATION, "too slow")
         if self._encrypted:
             close_frame = self._transport.encode(close_frame)
         self._outbox.put_nowait(close_frame)
+        self._queued_bytes += len(close_frame)
         self._closed = True
         self._close_by = time.monotonic() + self._config.close_timeout
         with contextlib.suppress(OSError):  # the peer is gone already
@@ -310,6 +336,7 @@ class Session:
             if data is None or self._aborted or not self._write_all(data, poller):
                 return
             with self._lock:
+                self._queued_bytes -= len(data)
                 if self._outbox.empty():
                     self._backlog = False
                     if self._closed:  # the close frame was the last write

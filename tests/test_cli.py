@@ -50,6 +50,7 @@ START_OPTIONS = (
     "--max-message-chars",
     "--max-username-chars",
     "--queue-size",
+    "--max-queue-bytes",
     "--max-clients",
     "--max-clients-per-ip",
     "--handshake-rate",

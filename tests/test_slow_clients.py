@@ -116,7 +116,7 @@ def test_full_outbox_drops_a_client_that_never_reads(
     for name in ("alice", "bob"):
         from_sender = [m for m in seen["alice"] if m.startswith(f"{name}: ")]
         assert from_sender == [f"{name}: {message}" for message in flood(name)]
-    assert "left: too slow: 4 writes pending" in caplog.text
+    assert "left: too slow: 4 writes, " in caplog.text
 
 
 def test_client_dropped_for_a_full_outbox_still_gets_its_close_frame() -> None:
@@ -148,6 +148,29 @@ def test_client_dropped_for_a_full_outbox_still_gets_its_close_frame() -> None:
     assert len(texts) == len(events)
     assert texts[0] == "Server: slow has joined the chat"
     assert texts[1:] == seen[: len(texts) - 1]
+
+
+def test_outbox_bytes_bound_drops_a_client_that_never_reads(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past --max-queue-bytes pending, a never-reading client is dropped,
+    however few writes that is; the others get everything."""
+    caplog.set_level(logging.INFO, logger="broadcast_sync")
+    seen: list[str] = []
+    options = slow_options(queue_size=10_000, max_queue_bytes=3 * MESSAGE_CHARS)
+    with run_server(**options) as server:
+        (alice,) = join_all(server, ["alice"])
+        with RawClient(server.port, "slow", socket_options=SLOW_LINK) as slow:
+            assert receive_text(alice) == "Server: slow has joined the chat"
+            lockstep(alice, "alice", flood("alice"), seen)()
+            slow.assert_server_closes_tcp()
+        alice.close()
+    assert "Server: slow has left the chat" in seen
+    from_alice = [m for m in seen if m.startswith("alice: ")]
+    assert from_alice == [f"alice: {message}" for message in flood("alice")]
+    (line,) = [line for line in caplog.text.splitlines() if "left: too slow" in line]
+    pending = int(line.split(" writes, ")[1].split(" bytes")[0])
+    assert pending <= 3 * MESSAGE_CHARS + 2 * MESSAGE_CHARS  # and one batch
 
 
 def test_write_timeout_drops_a_client_that_never_reads(
