@@ -348,3 +348,19 @@ def test_mass_disconnect_and_shutdown_at_scale(tmp_path: Path) -> None:
     assert rows["disconnect"]["server_warnings"] == 0
     assert rows["shutdown"]["server_warnings"] == 0
     assert "mass disconnect of 5000 clients" in stdout
+
+
+def test_quick_spike_reports_each_phase(tmp_path: Path) -> None:
+    """The spike scenario doubles a small room's rate for a while and says
+    how latency fared before, during and after: all delivered, in order."""
+    stdout, document = run_bench(tmp_path, "--quick", "--scenario", "spike")
+    (row,) = document["scenarios"]
+    assert row["scenario"] == "spike"
+    assert (row["lost"], row["out_of_order"], row["dropped"]) == (0, 0, 0), row
+    # 20 clients, 5 s at 1 message a second each, 5 s at 2, 10 s at 1.
+    assert abs(row["messages_sent"] - 20 * (5 + 10 + 10)) <= 40, row
+    extra = row["extra"]
+    assert extra["p99_before_ms"] > 0
+    assert extra["p99_spike_ms"] > 0
+    assert extra["recovered_s"] >= 0
+    assert "spike: a room of 20 at twice its rate for 5 s" in stdout

@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="measured seconds of each room and flood run (default: 8)",
     )
     parser.add_argument(
+        "--spike-clients",
+        type=positive_int,
+        metavar="N",
+        help="room size of the spike scenario (default: 2500)",
+    )
+    parser.add_argument(
         "--scale-clients",
         type=positive_int,
         metavar="N",
@@ -215,6 +221,8 @@ def _settings(
         changes["duration"] = args.duration
     if args.scale_clients:
         changes["scale_clients"] = args.scale_clients
+    if args.spike_clients:
+        changes["spike_clients"] = args.spike_clients
     return dataclasses.replace(settings, **changes)
 
 
@@ -226,6 +234,7 @@ def _sizes_of(scenario: Scenario, settings: Settings) -> tuple[int, ...]:
         "lone": (settings.lone_clients,),
         "resume": (settings.resume_events,),
         "workers": (settings.workers_clients,),
+        "spike": (settings.spike_clients,),
         "disconnect": (settings.scale_clients,),
         "shutdown": (settings.scale_clients,),
     }[scenario.name]
@@ -310,7 +319,7 @@ def _summary(
             "passed": workers.passed,
             **{key: value for key, value in workers.extra.items() if "worker_" in key},
         }
-    for name in ("disconnect", "shutdown"):
+    for name in ("spike", "disconnect", "shutdown"):
         if name in by_name:
             row = by_name[name]
             summary[name] = {
@@ -386,6 +395,18 @@ def _print_report(
             f"{workers['deliveries']:,} deliveries, {workers['lost']} lost, "
             f"{workers['out_of_order']} out of order, {workers['dropped']} dropped "
             "(correctness only: on 2 cores the generator needs the second)"
+        )
+    if "spike" in summary:
+        spike = summary["spike"]
+        recovered = (
+            f"back under 100 ms {spike['recovered_s']:.0f} s after it"
+            if spike["recovered_s"] >= 0
+            else "not back under 100 ms by the end"
+        )
+        print(
+            f"spike: a room of {spike['clients']} at twice its rate for 5 s: "
+            f"p99 {spike['p99_before_ms']:.0f} ms before, "
+            f"{spike['p99_spike_ms']:.0f} ms during, {recovered} (target < 5 s)"
         )
     if "disconnect" in summary:
         _print_disconnect(summary["disconnect"])

@@ -7,6 +7,8 @@ message is built when it is sent, so its timestamp is its real send time.
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import random
 import time
 
@@ -17,12 +19,29 @@ from tests.bench.loadgen import Client, LoadGenerator
 IDLE = 2**63
 
 
-class RoomPacer:
-    """Every sender sends one message per ``period_ns``, phases evenly spread.
+@dataclasses.dataclass(frozen=True)
+class Spike:
+    """From ``start_ns`` to ``end_ns``, every sender sends ``factor`` times
+    as often."""
 
-    Message ``m`` is due at ``start + m * period / senders``, from sender
-    ``m % senders``, with sequence number ``m // senders``: the room's
-    offered load is smooth, not a burst every second.
+    start_ns: int
+    end_ns: int
+    factor: float
+
+    def factor_at(self, now_ns: int) -> float:
+        """The rate's multiplier at ``now_ns``."""
+        return self.factor if self.start_ns <= now_ns < self.end_ns else 1.0
+
+
+class RoomPacer:
+    """Every sender sends one message per ``period_ns``, on its own clock,
+    each message up to ``jitter`` of a period early or late.
+
+    Senders' phases are spread evenly over the first period, so the room's
+    load is not a burst every second; the jitter makes it as uneven as real
+    clients on real networks. A :class:`Spike` multiplies the rate for a
+    while. A sender's messages never swap places: the jitter is under half
+    a period.
     """
 
     def __init__(
@@ -31,40 +50,59 @@ class RoomPacer:
         senders: list[Client],
         start_ns: int,
         period_ns: int = 1_000_000_000,
+        *,
+        jitter: float = 0.2,
+        spike: Spike | None = None,
+        seed: int = 0,
     ) -> None:
         self._generator = generator
         self._senders = senders
-        self._start_ns = start_ns
         self._period_ns = period_ns
+        self._jitter = jitter
+        self._spike = spike
+        self._random = random.Random(seed)
+        #: (when due, sender's position, its nominal time, its sequence number)
+        self._due: list[tuple[int, int, int, int]] = []
+        for position in range(len(senders)):
+            nominal = start_ns + position * period_ns // len(senders)
+            heapq.heappush(self._due, (self._jittered(nominal), position, nominal, 0))
         #: No message due at or after this time is sent.
         self.stop_ns = IDLE
-        #: Messages sent so far; also the number of the next one.
+        #: Messages sent so far.
         self.sent = 0
         #: How late each message was sent: the generator's lag.
         self.lags_ns: list[int] = []
 
-    def due_ns(self, number: int) -> int:
-        """When message ``number`` is due."""
-        return self._start_ns + number * self._period_ns // len(self._senders)
+    def _period_at(self, nominal_ns: int) -> int:
+        factor = 1.0 if self._spike is None else self._spike.factor_at(nominal_ns)
+        return int(self._period_ns / factor)
+
+    def _jittered(self, nominal_ns: int) -> int:
+        spread = self._jitter * self._period_at(nominal_ns)
+        return nominal_ns + int(self._random.uniform(-spread, spread))
 
     def __call__(self, now_ns: int) -> int:
         """Send every message due by ``now_ns``; return the next due time."""
-        count = len(self._senders)
         masker = self._generator.masker
         send = self._generator.send
-        lags = self.lags_ns
-        while True:
-            due = self.due_ns(self.sent)
+        due_list = self._due
+        while due_list:
+            due, position, nominal, seq = due_list[0]
             if due >= self.stop_ns:
                 return IDLE
             if due > now_ns:
                 return due
-            sender = self._senders[self.sent % count]
+            sender = self._senders[position]
             sent_ns = time.monotonic_ns()
-            payload = wire.chat_payload(sender.index, self.sent // count, sent_ns)
+            payload = wire.chat_payload(sender.index, seq, sent_ns)
             send(sender, masker.text_frame(payload))
-            lags.append(sent_ns - due)
+            self.lags_ns.append(sent_ns - due)
             self.sent += 1
+            following = nominal + self._period_at(nominal)
+            heapq.heapreplace(
+                due_list, (self._jittered(following), position, following, seq + 1)
+            )
+        return IDLE
 
 
 class FloodPacer:

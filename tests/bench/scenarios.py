@@ -6,7 +6,8 @@ its own), connects its clients, waits until every join notice has arrived
 the server and Redis and closes every socket.
 
 - **room C**: C clients, each sending one message per second, phases spread
-  evenly: C² deliveries/s expected. Passes when p99 latency is under
+  evenly, each message up to 20 % of a second early or late (real clients
+  on real networks): C² deliveries/s expected. Passes when p99 latency is under
   100 ms with nothing lost, out of order or dropped.
 - **flood**: one sender keeping 64 messages in flight (sent, not yet echoed
   back to it), 100 other receivers: deliveries/s to those receivers.
@@ -26,6 +27,10 @@ the server and Redis and closes every socket.
   them all go, its threads and descriptors back to where they were, and a
   newcomer's handshake time meanwhile, probed ten times a second. Passes
   within 5 s, every probe answered within 1 s. Then the time SIGTERM takes.
+- **spike C**: a room of C at its rate (with the room's jitter) for 5 s,
+  then 5 s at twice the rate, then 10 s at its rate again: p99 before and
+  during the spike, and how long after it p99 takes to come back under
+  100 ms for good. Passes when that takes at most 5 s, nothing lost.
 - **shutdown N**: SIGTERM with N clients connected, half of them reset at
   the same moment: passes when the server exits with 0 within its close
   timeout (3 s) plus 2 s.
@@ -57,7 +62,7 @@ from tests.bench.loadgen import (
     cpu_seconds,
     join_notice_bytes,
 )
-from tests.bench.pacing import FloodPacer, LonePacer, RoomPacer
+from tests.bench.pacing import FloodPacer, LonePacer, RoomPacer, Spike
 from tests.bench.report import (
     IDLE_TARGET_KIB,
     LONE_TARGET_MS,
@@ -125,6 +130,14 @@ PROBE_TARGET_MS = 1000.0
 #: often it looks.
 CLEAR_TIMEOUT = 60.0
 CLEAR_POLL_SECONDS = 0.05
+#: The spike scenario: seconds at the room's rate, then at SPIKE_FACTOR
+#: times it, then at its rate again; and how soon after the spike p99 must
+#: be back under P99_LIMIT_MS.
+SPIKE_BEFORE_S = 5
+SPIKE_S = 5
+SPIKE_AFTER_S = 10
+SPIKE_FACTOR = 2.0
+RECOVERY_TARGET_S = 5.0
 #: Target of the shutdown scenario: the server's --close-timeout (3 s by
 #: default) plus 2 s.
 STOP_TARGET_S = 5.0
@@ -144,6 +157,9 @@ class Settings:
     flood_window: int = 64
     #: Clients of the idle, disconnect and shutdown scenarios.
     scale_clients: int = 10_000
+    #: The room of the spike scenario: near capacity, so that twice its rate
+    #: is far past it.
+    spike_clients: int = 2500
     #: Budget of the idle scenario's handshakes, then of its join notices
     #: (this server needs minutes for 10,000: see the module's docstring).
     idle_connect_timeout: float = 45.0
@@ -172,6 +188,7 @@ QUICK = Settings(
     warmup=0.2,
     flood_receivers=10,
     scale_clients=200,
+    spike_clients=20,
     lone_messages=8,
     resume_events=50,
     resume_rounds=3,
@@ -767,6 +784,86 @@ def judge_workers(figures: Figures) -> bool:
     )
 
 
+# Spike
+
+
+def run_spike(settings: Settings, clients: int) -> Figures:
+    """A room of ``clients`` whose rate doubles for a while: how it fares
+    during the spike, and how soon it recovers after."""
+    figures = Figures(
+        "spike", clients, expected_per_s=clients * clients * 1e9 / ROOM_PERIOD_NS
+    )
+    with serving(settings) as (server, generator):
+        sampled = spread(clients, SAMPLED_RECEIVERS)
+        connect_and_settle(figures, generator, clients, sampled)
+        drops_before = len(generator.dropped)
+        members = list(generator.open_clients())
+        start_ns = time.monotonic_ns() + START_DELAY_NS
+        spike_start = start_ns + SPIKE_BEFORE_S * 10**9
+        spike_end = spike_start + SPIKE_S * 10**9
+        end_ns = spike_end + SPIKE_AFTER_S * 10**9
+        spike = Spike(spike_start, spike_end, SPIKE_FACTOR)
+        pacer = RoomPacer(generator, members, start_ns, ROOM_PERIOD_NS, spike=spike)
+        pacer.stop_ns = end_ns
+        tracker = generator.tracker
+        tracker.open_window(start_ns, end_ns)
+        tracker.send_times_ns = []
+        start = Snapshot.take(settings, server, members)
+        generator.run(end_ns, pacer)
+        measure_window(figures, start, Snapshot.take(settings, server, members))
+        figures.messages_sent = pacer.sent
+        wait_for_delivery(generator, members, pacer.sent)
+        count_faults(figures, generator, members, pacer.sent, drops_before)
+        finish(figures, server, generator)
+    after_stop(figures, server)
+    seconds = _p99_by_second(tracker.send_times_ns, tracker.latencies_ns, start_ns)
+    # The first second warms up; the last one's messages arrive while the
+    # generator stops its loop, so their times are not sound: both go.
+    seconds = seconds[1 : SPIKE_BEFORE_S + SPIKE_S + SPIKE_AFTER_S - 1]
+    shown = " ".join(f"{value:.0f}" for value in seconds)
+    print(f"  p99 ms of each second sent: {shown}", file=sys.stderr)
+    before, spike_end = SPIKE_BEFORE_S - 1, SPIKE_BEFORE_S - 1 + SPIKE_S
+    figures.extra["p99_before_ms"] = max(seconds[:before], default=0.0)
+    figures.extra["p99_spike_ms"] = max(seconds[before:spike_end], default=0.0)
+    figures.extra["recovered_s"] = _recovery_seconds(seconds, spike_end)
+    figures.passed = judge_spike(figures)
+    return figures
+
+
+def _p99_by_second(
+    send_times_ns: Sequence[int], latencies_ns: Sequence[int], start_ns: int
+) -> list[float]:
+    """p99 latency in ms of the messages sent in each second from ``start_ns``."""
+    by_second: dict[int, list[int]] = {}
+    for sent_ns, latency_ns in zip(send_times_ns, latencies_ns, strict=True):
+        by_second.setdefault((sent_ns - start_ns) // 10**9, []).append(latency_ns)
+    last = max(by_second, default=-1)
+    return [
+        percentile(sorted(by_second.get(second, [0])), 0.99) / 1e6
+        for second in range(last + 1)
+    ]
+
+
+def _recovery_seconds(p99_ms: Sequence[float], spike_end_s: int) -> float:
+    """Seconds after the spike until every later second's p99 is under the
+    limit; -1 if it never is."""
+    for second in range(spike_end_s, len(p99_ms)):
+        if all(value < P99_LIMIT_MS for value in p99_ms[second:]):
+            return float(second - spike_end_s)
+    return -1.0
+
+
+def judge_spike(figures: Figures) -> bool:
+    """Back under 100 ms within 5 s of the spike, nothing lost or dropped."""
+    recovered = figures.extra.get("recovered_s", -1.0)
+    return (
+        0.0 <= recovered <= RECOVERY_TARGET_S
+        and figures.lost == 0
+        and figures.dropped == 0
+        and figures.out_of_order == 0
+    )
+
+
 # Mass disconnect and shutdown at scale
 
 
@@ -930,6 +1027,7 @@ SCENARIOS = {
         Scenario("lone", run_lone, judge_lone),
         Scenario("resume", run_resume, judge_resume),
         Scenario("workers", run_workers, judge_workers, needs_redis=True),
+        Scenario("spike", run_spike, judge_spike),
         Scenario("disconnect", run_disconnect, judge_disconnect),
         Scenario("shutdown", run_shutdown, judge_shutdown),
     )

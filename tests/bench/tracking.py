@@ -38,6 +38,8 @@ class Tracker:
         self.window_start_ns = NEVER
         self.window_end_ns = NEVER
         self.latencies_ns: list[int] = []
+        #: With latencies, when each message was sent: set to a list to keep.
+        self.send_times_ns: list[int] | None = None
         #: Messages that arrived after a later message of the same sender.
         self.out_of_order = 0
         #: Frames that are neither chat, server notice nor close.
@@ -71,6 +73,8 @@ class Tracker:
                 log.last_seq[sender] = seq
             if self.window_start_ns <= sent_ns < self.window_end_ns:
                 self.latencies_ns.append(now_ns - sent_ns)
+                if self.send_times_ns is not None:
+                    self.send_times_ns.append(sent_ns)
 
 
 def percentile(ordered: list[int], fraction: float) -> int:
