@@ -75,8 +75,10 @@ LISTEN_BACKLOG = 1024
 #: dropped so that the client gets the answer (see ConnectionHandler._linger).
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 65536
-#: Connections that may be in their handshake beyond max_clients, each
-#: holding a thread for at most --handshake-timeout.
+#: Connections that may be in their handshake at once, and beyond
+#: max_clients, each holding a thread for at most --handshake-timeout: past
+#: either, 503 at once, without a thread. So silent sockets (slowloris) from
+#: many addresses hold at most this many threads, joined clients apart.
 MAX_PENDING_HANDSHAKES = 256
 #: How often the acceptor checks for shutdown: the delay of stop().
 ACCEPT_POLL_SECONDS = 0.1
@@ -190,12 +192,14 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         self.tls = tls_context(config)
         #: Limits the lines about refused connections, per address.
         self._throttle = Throttle()
-        #: Guards ``_connections`` and ``_exited``.
+        #: Guards ``_connections``, ``_exited`` and ``_handshaking``.
         self._connections_lock = threading.Lock()
         #: Each open socket and the thread serving it.
         self._connections: dict[socket.socket, threading.Thread] = {}
         #: Threads whose socket is closed, still to be joined.
         self._exited: list[threading.Thread] = []
+        #: Connections not yet past their handshake (or their one request).
+        self._handshaking = 0
         #: Set by :meth:`stop`: handshakes that finish afterwards get 503.
         self._stopping = threading.Event()
         self.departures = threading.BoundedSemaphore(DEPARTURES_AT_ONCE)
@@ -349,23 +353,36 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
             name=f"reader {format_address(client_address)}",
             daemon=True,
         )
-        limit = self.config.max_clients + MAX_PENDING_HANDSHAKES
         with self._connections_lock:
-            full = len(self._connections) >= limit
-            if not full:
+            refusal = self._over_capacity()
+            if refusal is None:
                 self._connections[request] = thread
+                self._handshaking += 1
             exited, self._exited = self._exited, []
-        if full:
+        if refusal is not None:
             if group is not None:
                 self.admission.release(group)
-            error = HTTPError(
-                HTTPStatus.SERVICE_UNAVAILABLE, f"too many connections ({limit})"
-            )
+            error = HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, refusal)
             self._refuse_at_once(request, client_address, error)
         else:
             thread.start()
         for done in exited:
             done.join()  # it has finished its work: this returns at once
+
+    def _over_capacity(self) -> str | None:
+        """Why one more connection may not be served, if it may not; called
+        with ``_connections_lock`` held."""
+        if self._handshaking >= MAX_PENDING_HANDSHAKES:
+            return f"too many handshakes in progress ({MAX_PENDING_HANDSHAKES})"
+        limit = self.config.max_clients + MAX_PENDING_HANDSHAKES
+        if len(self._connections) >= limit:
+            return f"too many connections ({limit})"
+        return None
+
+    def handshake_over(self) -> None:
+        """Count a connection's handshake as over (once per connection)."""
+        with self._connections_lock:
+            self._handshaking -= 1
 
     def counted_group(self, ip: str) -> str | None:
         """The address group a connection from ``ip`` counts in; None for a
@@ -426,6 +443,8 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         self._peer = Peer.of(self.client_address)
         #: The page's scheme, if a trusted proxy said which.
         self._scheme: str | None = None
+        #: Whether the server still counts this connection as handshaking.
+        self._handshaking = True
         #: The address group this connection was admitted in, when a trusted
         #: proxy named the client (the acceptor counts the others).
         self._admitted: str | None = None
@@ -477,6 +496,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             self.server.log.release_name(name)
             return
         self.server.metrics.handshake(HTTPStatus.SWITCHING_PROTOCOLS)
+        self._end_handshake()
         self.request.settimeout(None)
         session = Session(
             self._transport,
@@ -515,8 +535,14 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
 
     def finish(self) -> None:
         """Give back the client's place in its address's count."""
+        self._end_handshake()
         if self._admitted is not None:
             self.server.admission.release(self._admitted)
+
+    def _end_handshake(self) -> None:
+        if self._handshaking:
+            self._handshaking = False
+            self.server.handshake_over()
 
     def _handshake(self, http_request: h11.Request) -> tuple[str, str, Arrival]:
         """Check the handshake; reserve the client's name.

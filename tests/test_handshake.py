@@ -17,7 +17,15 @@ from wsproto.events import CloseConnection, Event, TextMessage
 
 from broadcast_sync.clientconn import HandshakeRejected
 from broadcast_sync.server import MAX_PENDING_HANDSHAKES, BroadcastServer
-from tests.conftest import UNIT, connect, http_exchange, join, receive, run_server
+from tests.conftest import (
+    UNIT,
+    connect,
+    http_exchange,
+    join,
+    receive,
+    receive_text,
+    run_server,
+)
 
 #: The example of RFC 6455, section 1.3: a client's key and the server's answer.
 SAMPLE_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -598,12 +606,12 @@ def test_frames_sent_with_the_request_then_close(server: BroadcastServer) -> Non
         assert close.code == 1000
 
 
-def test_connections_beyond_pending_limit_get_503_at_once() -> None:
-    """Past max_clients plus the pending-handshake allowance, 503 without a thread."""
-    limit = 1 + MAX_PENDING_HANDSHAKES
+def test_handshakes_in_progress_have_their_own_cap() -> None:
+    """Past MAX_PENDING_HANDSHAKES silent connections, 503 without a thread,
+    though the room is far from full; a joined client is unaffected, and
+    once the silent ones go, handshakes pass again."""
     with (
         run_server(
-            max_clients=1,
             max_clients_per_ip=0,  # every connection comes from 127.0.0.1
             handshake_rate=0,
             handshake_timeout=30,
@@ -611,10 +619,11 @@ def test_connections_beyond_pending_limit_get_503_at_once() -> None:
         ) as server,
         contextlib.ExitStack() as silent,
     ):
-        for _ in range(limit):
+        alice = join(server, "alice")
+        for _ in range(MAX_PENDING_HANDSHAKES):
             silent.enter_context(socket.create_connection(("127.0.0.1", server.port)))
         deadline = time.monotonic() + 10 * UNIT
-        while len(reader_threads()) < limit:
+        while len(reader_threads()) < MAX_PENDING_HANDSHAKES + 1:
             assert time.monotonic() < deadline, (
                 "the silent connections were not all served"
             )
@@ -623,8 +632,20 @@ def test_connections_beyond_pending_limit_get_503_at_once() -> None:
         # into a reset that destroys the answer.
         response = parse_response(http_exchange(server.port, b""))
         assert response.status == 503
-        assert response.text == f"too many connections ({limit})\n"
-        assert len(reader_threads()) == limit
+        expected = f"too many handshakes in progress ({MAX_PENDING_HANDSHAKES})\n"
+        assert response.text == expected
+        assert len(reader_threads()) == MAX_PENDING_HANDSHAKES + 1
+        alice.send("still here")
+        assert receive_text(alice) == "alice: still here"
+        silent.close()
+        deadline = time.monotonic() + 10 * UNIT
+        while len(reader_threads()) > 1:
+            assert time.monotonic() < deadline, "the silent connections stayed"
+            time.sleep(0.01)
+        bob = join(server, "bob")
+        assert receive_text(alice) == "Server: bob has joined the chat"
+        bob.close()
+        alice.close()
 
 
 def reader_threads() -> list[threading.Thread]:
