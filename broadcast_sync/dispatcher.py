@@ -34,6 +34,11 @@ INBOX_SIZE = 16384
 PUT_RETRY_SECONDS = 0.5
 #: What JSON clients are told when the log starts over with a new epoch.
 EPOCH_CHANGED = "the chat history was lost; earlier messages cannot be resumed"
+#: The most the fan-out may lag (the age of a flush's oldest event when it
+#: is sent) before readers refuse new messages with a notice: past
+#: capacity, latency stays bounded at about this, instead of growing with
+#: the backlog.
+MAX_LAG_SECONDS = 1.0
 #: How long a resume may wait for this server to read the event it names:
 #: another server logged it a moment ago. A few of the log's round trips.
 RESUME_WAIT_SECONDS = 2.0
@@ -158,6 +163,9 @@ class Dispatcher:
         #: Arrivals and removals waiting for an event to be delivered.
         self._waiting: list[_Add | _Remove] = []
         self._stopping: _Stop | None = None
+        #: Seconds the latest flush lagged; 0 once the inbox ran empty.
+        #: Written by the dispatcher thread, read by readers (a float).
+        self.lag = 0.0
 
     def start(self) -> None:
         """Start the dispatcher thread."""
@@ -199,6 +207,10 @@ class Dispatcher:
         """Send an encoded ``frame`` to ``member`` alone, in order."""
         self._put(_SendTo(member, frame))
 
+    def busy(self) -> bool:
+        """Whether the fan-out lags more than :data:`MAX_LAG_SECONDS`."""
+        return self.lag > MAX_LAG_SECONDS
+
     def remove(
         self,
         member: Member,
@@ -232,7 +244,8 @@ class Dispatcher:
                     # Items arrived during the last flush: under load, batch.
                     items = [self._inbox.get_nowait()]
                 except queue.Empty:
-                    # Idle until now: this item goes out at once.
+                    # Idle until now: caught up, and this item goes out at once.
+                    self.lag = 0.0
                     items = self._wait()
                 else:
                     pause = last_flush + self._batch_window - time.monotonic()
@@ -468,13 +481,14 @@ class Dispatcher:
             if close_frame is not None:
                 member.close(close_frame)
         if events:
+            # Clocks of other servers may be a little ahead.
+            self.lag = max(time.time() - events[0].event.ts, 0.0)
             self._metrics.flushed(
                 collections.Counter(logged.event.kind for logged in events),
                 deliveries=deliveries,
                 sent_bytes=sent_bytes,
                 seconds=time.monotonic() - started,
-                # Clocks of other servers may be a little ahead.
-                lag=max(time.time() - events[0].event.ts, 0.0),
+                lag=self.lag,
             )
 
     def _close_all(self) -> None:

@@ -134,6 +134,12 @@ class Metrics:
             "Messages dropped by the rate limit",
             registry=registry,
         )
+        self._busy = Counter(
+            "broadcast_busy_refused",
+            "Messages refused, with a notice, while the fan-out lagged over a "
+            "second: the server past its capacity",
+            registry=registry,
+        )
         self._fanout = Histogram(
             "broadcast_fanout_seconds",
             "Time to fan one flush out to every client",
@@ -170,6 +176,11 @@ class Metrics:
             self._received.inc(messages)
         if rate_limited:
             self._rate_limited.inc(rate_limited)
+
+    def refused_busy(self) -> None:
+        """Count one message refused because the server is over capacity:
+        only then, so per message."""
+        self._busy.inc()
 
     def disconnected(self, reason: Disconnect) -> None:
         """Count one client's end."""

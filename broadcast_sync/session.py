@@ -64,6 +64,9 @@ SEND_BUFFER_BYTES = 128 * 1024
 #: A client's input is read as it comes; a flood beyond this waits in the
 #: client's own buffers, not ours.
 RECEIVE_BUFFER_BYTES = 64 * 1024
+#: What a sender is told when its message is refused because the server is
+#: over capacity.
+BUSY_NOTICE = "message not sent: server busy; try again in a moment"
 #: Pings and pongs a client may send per message it may send (see
 #: --rate-limit): a keepalive needs one every few seconds; a client sending
 #: thousands a second took a core. Past it, the client is closed with 1008.
@@ -80,6 +83,9 @@ class Room(Protocol):
 
     def send_to(self, member: Member, frame: bytes) -> None:
         """Send ``frame`` to ``member`` alone, in order."""
+
+    def busy(self) -> bool:
+        """Whether the fan-out is so far behind that messages are refused."""
 
     def remove(
         self,
@@ -158,6 +164,8 @@ class Session:
         self._batch_limited = 0
         #: The last event this client logged.
         self._last_id: EventId | None = None
+        #: Whether it was told that its messages are refused: server busy.
+        self._told_busy = False
         #: Whether its join was logged, and so its leave must be.
         self._join_logged = False
         self._left = False
@@ -597,6 +605,10 @@ class Session:
             )
             self._notify(str(exc))
             return
+        if self._room.busy():
+            self._refuse_busy()
+            return
+        self._told_busy = False
         logger.debug("%s: %s", self.name, message)
         try:
             self._append(Event(EventKind.MESSAGE, self.name, time.time(), message))
@@ -609,6 +621,20 @@ class Session:
                 extra=self._log_fields(str(exc)),
             )
             self._notify(f"message not sent: {exc}")
+
+    def _refuse_busy(self) -> None:
+        """Refuse a message while the fan-out is over a second behind: the
+        sender hears of it once, until a message of its passes again."""
+        self._metrics.refused_busy()
+        if not self._told_busy:
+            self._told_busy = True
+            logger.info(
+                "%s (%s): server busy, refusing messages",
+                self.name,
+                self.address,
+                extra=self._log_fields("server busy"),
+            )
+            self._notify(BUSY_NOTICE)
 
     def _relay_data(self, message: str | bytes) -> None:
         try:
