@@ -1,4 +1,8 @@
-"""Unique names: the rule that gives each client its own, and its local registry."""
+"""Unique names: the rule that gives each client its own, and its local registry.
+
+A name is taken while any of its keys (``nicknames.name_keys``) is held:
+``Alice`` while ``alice`` is online, and ``alice`` with a Cyrillic ``a`` too.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import threading
 from collections.abc import Iterator
 
 from broadcast_sync.messages import SERVER_NAME
+from broadcast_sync.nicknames import name_keys
 
 
 class RoomFull(Exception):
@@ -16,14 +21,15 @@ class RoomFull(Exception):
 def name_variants(requested: str, max_chars: int) -> Iterator[str]:
     """The names to try for ``requested``, in order of preference.
 
-    First the name itself (unless it is the server's), then the suffixes
-    ``_1``, ``_2``, ..., the name shortened so that each stays within
-    ``max_chars``. Both registries, local and Redis, take the first free one.
+    First the name itself (unless it is, or looks like, the server's), then
+    the suffixes ``_1``, ``_2``, ..., the name shortened so that each stays
+    within ``max_chars``. Both registries, local and Redis, take the first
+    whose keys are all free.
 
     Raises:
         RoomFull: once no suffix fits ``max_chars``.
     """
-    if requested != SERVER_NAME:
+    if name_keys(requested).isdisjoint(name_keys(SERVER_NAME)):
         yield requested
     for number in itertools.count(1):
         suffix = f"_{number}"
@@ -37,15 +43,18 @@ class NameRegistry:
     """The names in use on this server, when it is the whole room.
 
     A name is reserved when a handshake asks for it, so two handshakes never
-    get the same one, and released when its client has left.
+    get the same one, or two that pass for each other, and released when its
+    client has left.
     """
 
     def __init__(self, max_clients: int, max_name_chars: int) -> None:
         self.max_clients = max_clients
         self.max_name_chars = max_name_chars
-        #: Guards ``_names``.
+        #: Guards ``_names`` and ``_keys``.
         self._lock = threading.Lock()
         self._names: set[str] = set()
+        #: Each key of a reserved name, and that name.
+        self._keys: dict[str, str] = {}
 
     def reserve(self, requested: str) -> str:
         """Reserve ``requested``, or its first free variant, and return it.
@@ -58,12 +67,17 @@ class NameRegistry:
             if len(self._names) >= self.max_clients:
                 raise RoomFull(f"the server is full ({self.max_clients} clients)")
             for name in name_variants(requested, self.max_name_chars):
-                if name not in self._names:
+                keys = name_keys(name)
+                if keys.isdisjoint(self._keys):
                     self._names.add(name)
+                    self._keys.update(dict.fromkeys(keys, name))
                     return name
         raise AssertionError("unreachable")  # pragma: no cover
 
     def release(self, name: str) -> None:
         """Free a name reserved by :meth:`reserve`."""
         with self._lock:
-            self._names.discard(name)
+            if name in self._names:
+                self._names.remove(name)
+                for key in name_keys(name):
+                    del self._keys[key]

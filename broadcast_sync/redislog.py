@@ -7,9 +7,15 @@ Keys, all under the room's prefix ``P``:
   ``--history-size`` entries, which a starting node takes as its history,
   plus :data:`CATCH_UP_ENTRIES` for nodes that fell behind.
 - ``P:online``, a hash: who is in the room, by the log's joins and leaves.
-- ``P:names``, a hash: each name in use and the node that holds it.
+- ``P:names``, a hash: each key of a name in use (``nicknames.name_keys``)
+  and the node that holds it. A name is free while none of its keys is held,
+  so ``Alice`` is taken while ``alice`` is online, and so is ``alice`` with a
+  Cyrillic ``a``.
 - ``P:nodes``, a set of node ids; ``P:node:ID``, a key that lives while its
-  node refreshes it; ``P:node:ID:names``, the names that node holds.
+  node refreshes it; ``P:node:ID:held``, a hash: each name that node holds,
+  and its keys as a JSON array (Lua cannot compute them, and a leave must
+  free them). Not ``P:node:ID:names``, the set that held names before they
+  had keys: the scripts of either version fail on the other's type.
 
 Strategy: every change is one Lua script, so it is atomic. An append takes
 the next offset and adds the entry in one step, which is what makes one
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import secrets
@@ -35,6 +42,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -45,6 +53,7 @@ from broadcast_sync.config import ServerConfig
 from broadcast_sync.events import Event, EventId, EventKind, LoggedEvent, new_epoch
 from broadcast_sync.log import LogUnavailable, Snapshot, Subscriber
 from broadcast_sync.names import RoomFull, name_variants
+from broadcast_sync.nicknames import name_keys
 
 logger = logging.getLogger(__name__)
 
@@ -152,18 +161,37 @@ return {redis.call('HGET', KEYS[1], 'epoch'), offset}
 """
 )
 
-#: KEYS: names, node's names. ARGV: node, deadline, candidates in order of
-#: preference.
+#: Holds a name's keys for a node if they are free, or if ``again`` and the
+#: node holds them already.
+_HOLD = """
+local function hold(names, held, node, name, encoded, again)
+  local keys = cjson.decode(encoded)
+  for _, key in ipairs(keys) do
+    local holder = redis.call('HGET', names, key)
+    if holder and not (again and holder == node) then
+      return false
+    end
+  end
+  for _, key in ipairs(keys) do
+    redis.call('HSET', names, key, node)
+  end
+  redis.call('HSET', held, name, encoded)
+  return true
+end
+"""
+
+#: KEYS: names, node's names. ARGV: node, deadline, then each candidate in
+#: order of preference and its keys (a JSON array).
 _RESERVE = (
     _IN_TIME
+    + _HOLD
     + """
 local late = check_deadline(ARGV[2])
 if late then
   return late
 end
-for i = 3, #ARGV do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1]) == 1 then
-    redis.call('SADD', KEYS[2], ARGV[i])
+for i = 3, #ARGV, 2 do
+  if hold(KEYS[1], KEYS[2], ARGV[1], ARGV[i], ARGV[i + 1], false) then
     return ARGV[i]
   end
 end
@@ -172,15 +200,15 @@ return false
 )
 
 #: KEYS: names, node's names, online. ARGV: node, how many of the names
-#: joined, the names to hold again (the joined ones first): the joined are
-#: online again too, so that their leaves are logged.
-_REGISTER = """
+#: joined, then the names to hold again (the joined ones first), each with
+#: its keys: the joined are online again too, so that their leaves are logged.
+_REGISTER = (
+    _HOLD
+    + """
 local lost = {}
-for i = 3, #ARGV do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1]) == 1
-     or redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
-    redis.call('SADD', KEYS[2], ARGV[i])
-    if i - 2 <= tonumber(ARGV[2]) then
+for i = 3, #ARGV, 2 do
+  if hold(KEYS[1], KEYS[2], ARGV[1], ARGV[i], ARGV[i + 1], true) then
+    if (i - 1) / 2 <= tonumber(ARGV[2]) then
       redis.call('HSET', KEYS[3], ARGV[i], 1)
     end
   else
@@ -189,6 +217,7 @@ for i = 3, #ARGV do
 end
 return lost
 """
+)
 
 #: KEYS: meta, log, online. ARGV: epoch, offset, fresh epoch. Starts a new,
 #: empty log if the log of ``epoch`` went back to before ``offset``.
@@ -201,15 +230,23 @@ end
 return 0
 """
 
-#: Logs the leave of a user who is online, then frees the name: one step.
+#: Logs the leave of a user who is online, then frees the name's keys that
+#: its node holds: one step.
 _LEAVE = """
-local function leave(meta, stream, online, names, maxlen, fresh, name, node, ts, log)
+local function leave(meta, stream, online, names, held, maxlen, fresh, name, node,
+                     ts, log)
   if log and redis.call('HDEL', online, name) == 1 then
     append(meta, stream, maxlen, fresh, 'leave', name, '', ts)
   end
-  if redis.call('HGET', names, name) == node then
-    redis.call('HDEL', names, name)
+  local encoded = redis.call('HGET', held, name)
+  if encoded then
+    for _, key in ipairs(cjson.decode(encoded)) do
+      if redis.call('HGET', names, key) == node then
+        redis.call('HDEL', names, key)
+      end
+    end
   end
+  redis.call('HDEL', held, name)
 end
 """
 
@@ -219,9 +256,8 @@ _LOG_LEAVE = (
     _APPEND
     + _LEAVE
     + """
-leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
-      ARGV[5], ARGV[6] == '1')
-redis.call('SREM', KEYS[5], ARGV[3])
+leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3],
+      ARGV[4], ARGV[5], ARGV[6] == '1')
 return redis.call('HGET', KEYS[1], 'offset')
 """
 )
@@ -236,13 +272,13 @@ local reaped = 0
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[5])) do
   local node_key = ARGV[4] .. ':node:' .. node
   if redis.call('EXISTS', node_key) == 0 then
-    local node_names = node_key .. ':names'
-    for _, name in ipairs(redis.call('SMEMBERS', node_names)) do
-      leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], name, node,
-            ARGV[3], true)
+    local held = node_key .. ':held'
+    for _, name in ipairs(redis.call('HKEYS', held)) do
+      leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], held, ARGV[1], ARGV[2], name,
+            node, ARGV[3], true)
       reaped = reaped + 1
     end
-    redis.call('DEL', node_names)
+    redis.call('DEL', held)
     redis.call('SREM', KEYS[5], node)
   end
 end
@@ -277,7 +313,7 @@ class RedisLog:
         self._names = f"{prefix}:names"
         self._nodes = f"{prefix}:nodes"
         self._node_key = f"{prefix}:node:{self.node}"
-        self._node_names = f"{self._node_key}:names"
+        self._node_names = f"{self._node_key}:held"
 
         # Commands fail at once, without redis-py's retries: the reader
         # thread does the reconnecting, and senders get a notice.
@@ -378,11 +414,11 @@ class RedisLog:
         variants = name_variants(requested, self._max_name_chars)
         while True:
             # name_variants raises RoomFull once no variant fits.
-            candidates = list(itertools.islice(variants, NAME_CANDIDATES))
+            candidates = itertools.islice(variants, NAME_CANDIDATES)
             name = self._call(
                 self._reserve_script,
                 [self._names, self._node_names],
-                [self.node, self._deadline(), *candidates],
+                [self.node, self._deadline(), *_with_keys(candidates)],
             )
             if name is not None:
                 name = name.decode()
@@ -596,7 +632,7 @@ class RedisLog:
             return
         lost = self._register_script(
             keys=[self._names, self._node_names, self._online],
-            args=[self.node, len(joined), *joined, *others],
+            args=[self.node, len(joined), *_with_keys([*joined, *others])],
         )
         for name in lost:
             logger.warning("the name %s is now held by another node", name.decode())
@@ -633,6 +669,15 @@ class RedisLog:
                 with self._lock:
                     self._pending_leaves[:0] = pending[index:]
                 raise
+
+
+def _with_keys(names: Iterable[str]) -> list[str]:
+    """Each of ``names`` followed by its keys, as a JSON array for Lua."""
+    return [
+        part
+        for name in names
+        for part in (name, json.dumps(sorted(name_keys(name)), ensure_ascii=False))
+    ]
 
 
 def _client(url: str, timeout: float, pool_size: int = POOL_SIZE) -> redis.Redis:

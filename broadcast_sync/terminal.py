@@ -33,7 +33,9 @@ class Console:
         self._lock = threading.Lock()
 
     def show(self, text: str) -> None:
-        """Print one message, its control characters escaped."""
+        """Print one message, its control characters and bidi controls
+        escaped: nothing in it moves the cursor, starts a line, or reorders
+        text in a terminal that lays out right-to-left text."""
         line = escape_controls(text)
         if self.interactive:
             line = _ABOVE_INPUT_BEFORE + line + _ABOVE_INPUT_AFTER

@@ -674,3 +674,30 @@ def test_an_allowed_origin_can_connect(pages: Pages) -> None:
     """An origin given in allowed_origins may open a WebSocket."""
     with run_server(allowed_origins=(OTHER_ORIGIN,)) as server, pages:
         assert websocket_from_other_origin(pages, server) == "open"
+
+
+def test_the_page_isolates_each_name_and_message(pages: Pages) -> None:
+    """On the chat page, each name and message is an isolate of its own
+    direction (right-to-left text reorders nothing around it), and the join
+    form refuses an invisible character before the server must."""
+    hebrew = "\u05e9\u05dc\u05d5\u05dd"
+    with run_server() as server, pages, contextlib.ExitStack() as stack:
+        page = open_chat(pages, server)
+        page.locator("#name").fill("al\u200bice")
+        page.locator("#name").press("Enter")
+        expect(page.locator("#name-error")).to_have_text(
+            "No invisible characters, please."
+        )
+        enter_chat(page, "carol")
+        client = join(server, urllib.parse.quote(hebrew))
+        stack.callback(client.close)
+        client.send(f"\u2067{hebrew}\u2069 hi")
+        entry = page.locator("#messages li.message")
+        expect(entry.locator(".text")).to_have_text(f"\u2067{hebrew}\u2069 hi")
+        expect(page.locator("#messages li.event .name")).to_have_count(2)
+        shown = page.eval_on_selector_all(
+            "#messages .sender, #messages .text, #messages .name, #people-list span",
+            "all => all.map(e => [e.dir, getComputedStyle(e).unicodeBidi])",
+        )
+        assert len(shown) >= 5
+        assert all(each == ["auto", "isolate"] for each in shown), shown

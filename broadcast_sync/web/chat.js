@@ -10,7 +10,9 @@
 // Messages the user sent whose echo had not come back when the connection
 // broke are sent again once the resume shows that they never reached the
 // room. Whatever comes from the network is shown with textContent, never as
-// HTML.
+// HTML, and each name and message in an element of its own with dir="auto",
+// isolated (chat.css): right-to-left text, or bidi controls, reorder nothing
+// outside it.
 "use strict";
 
 (() => {
@@ -30,7 +32,10 @@
   const COUNTER_FRACTION = 0.1;
   const COUNTER_MIN = 20;
   /** Characters the server refuses: in a message, they become spaces. */
-  const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+  const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
+  /** What a name may not hold besides: invisible and format characters,
+   * private-use and unassigned code points. */
+  const INVISIBLE = /[\p{Cf}\p{Co}\p{Cn}\u115f\u1160\u2800\u3164\uffa0]/u;
   const CONTROLS = new RegExp(CONTROL.source, "g");
 
   const $ = (id) => document.getElementById(id);
@@ -128,9 +133,11 @@
     return element;
   }
 
+  /** An isolated run of text: its direction is its own, whatever it holds. */
   function span(className, text) {
     const element = document.createElement("span");
     element.className = className;
+    element.dir = "auto";
     element.textContent = text;
     return element;
   }
@@ -157,7 +164,8 @@
       if (event.user === chat.me) item.classList.add("own");
     } else {
       const verb = event.type === "join" ? "joined" : "left";
-      const text = span("text", `${event.user} ${verb}`);
+      const text = span("text", "");
+      text.append(span("name", event.user), ` ${verb}`);
       item = entry("event", clock(event.ts), " ", text);
     }
     if (replayed && chat.historyMarker) item.classList.add("history");
@@ -450,6 +458,7 @@
     if (!name) return "Type a name first.";
     if ([...name].length > MAX_NAME) return `At most ${MAX_NAME} characters.`;
     if (CONTROL.test(name)) return "No control characters, please.";
+    if (INVISIBLE.test(name)) return "No invisible characters, please.";
     if (name.includes(": ")) return "A name cannot hold “: ”.";
     return null;
   }
