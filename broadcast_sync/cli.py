@@ -121,6 +121,18 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="VAR",
         help="environment variable holding the key's password, if it has one",
     )
+    identities = start.add_argument_group("signed identities")
+    identities.add_argument(
+        "--auth-secret-file",
+        metavar="PATH",
+        help=(
+            "require a JSON Web Token signed with HS256 and the secret in this "
+            "file (less one trailing newline; 32 bytes at least), as ?token= "
+            "or Authorization: Bearer; its sub is the user's name and its exp "
+            "ends the connection with 1008 (default: none, names are anonymous, "
+            "as ?username= asks)"
+        ),
+    )
     operations = start.add_argument_group("health and metrics")
     operations.add_argument(
         "--metrics-allow",

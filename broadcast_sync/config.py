@@ -62,6 +62,12 @@ class ServerConfig:
     # only these clients may read them.
     metrics_allow: tuple[Network, ...] = LOOPBACK
 
+    # Signed identities
+    # None: anonymous names, as clients ask. A file holding the secret that a
+    # site with logins signs its users' tokens with (HS256): a file, not the
+    # command line, which would show the secret in the process list.
+    auth_secret_file: str | None = None
+
     # Proxies whose Forwarded or X-Forwarded-For header names the client.
     trusted_proxies: tuple[Network, ...] = ()
 

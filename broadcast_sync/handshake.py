@@ -17,6 +17,7 @@ from http import HTTPStatus
 
 import h11
 
+from broadcast_sync.auth import Identity, InvalidToken, verify
 from broadcast_sync.config import Mode
 from broadcast_sync.events import EventId, parse_event_id
 from broadcast_sync.http11 import HTTPError, RequestHeaders, response_head, split_target
@@ -31,6 +32,11 @@ WEBSOCKET_VERSION = "13"
 #: The query parameters the server reads; each may be given once. Others
 #: are ignored, as a proxy or a page may add their own.
 QUERY_PARAMETERS = ("username", "format", "history", "since")
+#: The query parameter that carries a signed identity (--auth-secret-file),
+#: for browsers, whose WebSocket API cannot send an Authorization header.
+TOKEN_PARAMETER = "token"
+#: The scheme of an Authorization header carrying one (RFC 6750, section 2.1).
+BEARER = "bearer"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +48,10 @@ class Request:
     origin: str | None
     #: The query string's parameters, each given at most once.
     parameters: Mapping[str, str]
+    #: Every token given, in the query and in Authorization: Bearer headers.
+    #: Read only with --auth-secret-file; otherwise ignored, like any
+    #: parameter the server does not read.
+    tokens: tuple[str, ...] = ()
 
     @property
     def username(self) -> str | None:
@@ -58,6 +68,9 @@ class Arrival:
     history: int = 0
     #: Resume after this event (JSON only).
     since: EventId | None = None
+    #: When its signed identity expires, in seconds since the Unix epoch
+    #: (with --auth-secret-file): the session ends then, with 1008.
+    expires: float | None = None
 
 
 def parse_request(request: h11.Request) -> Request:
@@ -85,12 +98,54 @@ def parse_request(request: h11.Request) -> Request:
             f"unsupported Sec-WebSocket-Version: {version or '(missing)'}",
             (("Sec-WebSocket-Version", WEBSOCKET_VERSION),),
         )
+    key = _check_key(headers.get("sec-websocket-key"))
+    query = _parse_query(target.query)
     return Request(
-        key=_check_key(headers.get("sec-websocket-key")),
+        key=key,
         host=headers.get("host") or "",
         origin=headers.get("origin"),
-        parameters=_query_parameters(target.query),
+        parameters=_single_parameters(query),
+        tokens=_tokens(query, headers),
     )
+
+
+def authenticate(request: Request, secret: bytes) -> Identity:
+    """Who the request's token, signed with ``secret``, says the client is.
+
+    Raises:
+        HTTPError: 401 for a missing, doubled, malformed, badly signed or
+            expired token.
+    """
+    if not request.tokens:
+        raise _unauthorized(
+            "a token is required: give it as ?token= or Authorization: Bearer",
+            challenge="Bearer",
+        )
+    if len(request.tokens) > 1:
+        raise _unauthorized("token given more than once")
+    try:
+        return verify(request.tokens[0], secret)
+    except InvalidToken as exc:
+        raise _unauthorized(str(exc)) from exc
+
+
+def _unauthorized(
+    reason: str, challenge: str = 'Bearer error="invalid_token"'
+) -> HTTPError:
+    """401, with the challenge that RFC 9110 (section 15.5.2) requires."""
+    return HTTPError(
+        HTTPStatus.UNAUTHORIZED, reason, (("WWW-Authenticate", challenge),)
+    )
+
+
+def _tokens(query: Mapping[str, list[str]], headers: RequestHeaders) -> tuple[str, ...]:
+    """The tokens in ``query`` and in a Bearer Authorization header; another
+    scheme (a proxy's Basic, say) is not ours and is ignored."""
+    tokens = list(query.get(TOKEN_PARAMETER, ()))
+    scheme, _, credentials = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() == BEARER:
+        tokens.append(credentials.strip())
+    return tuple(tokens)
 
 
 def check_origin(
@@ -155,13 +210,27 @@ def _check_key(key: str | None) -> str:
     return key
 
 
-def _query_parameters(query: str) -> dict[str, str]:
+def _parse_query(query: str) -> dict[str, list[str]]:
+    """Every parameter of ``query`` with all its values.
+
+    Raises:
+        HTTPError: 400 if the query string is not valid UTF-8.
+    """
     try:
-        parameters = urllib.parse.parse_qs(
+        return urllib.parse.parse_qs(
             query, keep_blank_values=True, strict_parsing=False, errors="strict"
         )
     except UnicodeDecodeError as exc:
         raise _bad_request("the query string is not valid UTF-8") from exc
+
+
+def _single_parameters(parameters: Mapping[str, list[str]]) -> dict[str, str]:
+    """The first value of each parameter; those the server reads may be
+    given once only.
+
+    Raises:
+        HTTPError: 400 for a parameter of ours given more than once.
+    """
     for name in QUERY_PARAMETERS:
         if len(parameters.get(name, ())) > 1:
             raise _bad_request(f"{name} given more than once")

@@ -64,6 +64,8 @@ class Disconnect(enum.Enum):
     UNAVAILABLE = "unavailable"
     #: Too many pings and pongs (1008).
     RATE = "rate"
+    #: The token of its signed identity expired (1008, with --auth-secret-file).
+    AUTH = "auth"
 
 
 class Metrics:

@@ -21,12 +21,14 @@ from types import TracebackType
 import h11
 
 from broadcast_sync.admission import Admission, address_group
+from broadcast_sync.auth import load_secret
 from broadcast_sync.config import Mode, ServerConfig
 from broadcast_sync.dispatcher import Dispatcher
 from broadcast_sync.handshake import (
     WEBSOCKET_PATH,
     Arrival,
     accept_response,
+    authenticate,
     check_origin,
     parse_arrival,
     parse_request,
@@ -141,6 +143,17 @@ def make_log(config: ServerConfig) -> EventLog:
     return RedisLog(config)
 
 
+def auth_secret(config: ServerConfig) -> bytes | None:
+    """The secret that signs clients' tokens, if ``config`` names its file.
+
+    Raises:
+        AuthSetupFailed: if the file cannot be read, or holds no usable secret.
+    """
+    if config.auth_secret_file is None:
+        return None
+    return load_secret(config.auth_secret_file)
+
+
 def make_routes(
     config: ServerConfig, metrics: Metrics, unready: Callable[[], str | None]
 ) -> Routes:
@@ -190,6 +203,8 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         self.routes = make_routes(config, self.metrics, self.unready)
         #: None: plain connections.
         self.tls = tls_context(config)
+        #: None: anonymous names; else the secret that signs the tokens.
+        self.auth_secret = auth_secret(config)
         #: Limits the lines about refused connections, per address.
         self._throttle = Throttle()
         #: Guards ``_connections``, ``_exited`` and ``_handshaking``.
@@ -545,7 +560,8 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             self.server.handshake_over()
 
     def _handshake(self, http_request: h11.Request) -> tuple[str, str, Arrival]:
-        """Check the handshake; reserve the client's name.
+        """Check the handshake; reserve the client's name: the one it asks
+        for, or with --auth-secret-file the one its token is signed for.
 
         Returns:
             The name given to the client, its key and what else it asked for.
@@ -555,6 +571,13 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         check_origin(request, config.allowed_origins, self._scheme)
         arrival = parse_arrival(request, config.mode, config.history_size)
         requested = request.username
+        secret = self.server.auth_secret
+        if secret is not None:
+            # The signed name instead of the one asked for; made unique below,
+            # like any: a user may be logged in from two tabs.
+            identity = authenticate(request, secret)
+            requested = identity.name
+            arrival = dataclasses.replace(arrival, expires=identity.expires)
         if requested is None:
             requested = self._peer.ip
         try:

@@ -170,6 +170,12 @@ class Session:
         self._join_logged = False
         self._left = False
         self._close_deadline = float("inf")
+        #: Monotonic time at which its signed identity expires (see
+        #: :meth:`_receive`); a wall-clock ``exp`` made monotonic once, so
+        #: that a clock step cannot stretch or cut the session.
+        self._expires = float("inf")
+        if arrival.expires is not None:
+            self._expires = time.monotonic() + (arrival.expires - time.time())
         self._poller = select.poll()
         self._poller.register(self.sock, select.POLLIN)
 
@@ -494,13 +500,36 @@ class Session:
         Waiting in poll() rather than in recv() holds no receive buffer
         while the client is idle: recv() allocates its whole buffer first,
         which would cost every idle connection RECEIVE_BYTES of memory.
+
+        The same wait ends the session when its token expires. Here rather
+        than in the heartbeat: the reader wakes on the millisecond, at no
+        cost until then, where the heartbeat would have to go through every
+        member at each expiry, or only every --ping-interval; and the reader
+        owns its client's faults, so the close goes the way of any other
+        (:meth:`_fail`: after the events due, with the leave logged). Checked
+        after every wait, not only after an idle one: a client that keeps
+        sending would never let the wait time out.
+
+        Raises:
+            TimeoutError: if the close deadline passes.
         """
-        timeout_ms = None
-        if self._close_deadline != float("inf"):
-            timeout_ms = max(self._close_deadline - time.monotonic(), 0) * 1000
-        if not self._poller.poll(timeout_ms):
-            raise TimeoutError
-        return self.sock.recv(RECEIVE_BYTES)
+        while True:
+            readable = self._poller.poll(self._wait_ms())
+            if not self._left and time.monotonic() >= self._expires:
+                self._fail(Disconnect.AUTH, frames.POLICY_VIOLATION, "token expired")
+            elif self._left and not readable:
+                raise TimeoutError
+            if readable:
+                return self.sock.recv(RECEIVE_BYTES)
+            # Else the token expired just now, or poll() woke a little early.
+
+    def _wait_ms(self) -> float | None:
+        """How long :meth:`_receive` may wait, in milliseconds (None: for
+        ever): until the close deadline once left, else until expiry."""
+        deadline = self._close_deadline if self._left else self._expires
+        if deadline == float("inf"):
+            return None
+        return max(deadline - time.monotonic(), 0) * 1000
 
     def _handle(self, event: ProtocolEvent) -> bool:
         """Act on one event; False when the connection is done."""

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from broadcast_sync.auth import AuthSetupFailed
 from broadcast_sync.config import ServerConfig
 from broadcast_sync.log import LogUnavailable
 from broadcast_sync.logs import LogSettings, configure
@@ -58,7 +59,8 @@ def serve(config: ServerConfig, ready: Callable[[int], None]) -> None:
     Calls ``ready`` with the port once the server accepts connections.
 
     Raises:
-        StartFailed: if it cannot listen, or cannot reach its log.
+        StartFailed: if it cannot listen, cannot reach its log, or cannot
+            use its certificate or its auth secret.
     """
     stop_requested = threading.Event()
 
@@ -69,7 +71,7 @@ def serve(config: ServerConfig, ready: Callable[[int], None]) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         server = BroadcastServer(config)
-    except TLSSetupFailed as exc:
+    except (TLSSetupFailed, AuthSetupFailed) as exc:
         raise StartFailed(str(exc)) from exc
     except OSError as exc:
         where = f"{config.host}:{config.port}"

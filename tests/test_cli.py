@@ -39,6 +39,7 @@ START_OPTIONS = (
     "--certfile",
     "--keyfile",
     "--keyfile-password-env",
+    "--auth-secret-file",
     "--metrics-allow",
     "--history-size",
     "--redis",
