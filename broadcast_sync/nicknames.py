@@ -56,6 +56,12 @@ def name_keys(name: str) -> frozenset[str]:
     return frozenset({skeleton(_COMPARED.apply_five_rules(name)), skeleton(name)})
 
 
+def prepare() -> None:
+    """Load the confusables data now (some 50 ms and 4 MB, once), so that
+    the first client's handshake does not wait for it."""
+    _prototypes()
+
+
 def skeleton(text: str) -> str:
     """The TS #39 skeleton of ``text``: equal for strings that look alike.
 

@@ -20,6 +20,7 @@ from types import TracebackType
 
 import h11
 
+from broadcast_sync import nicknames
 from broadcast_sync.admission import Admission, address_group
 from broadcast_sync.auth import load_secret
 from broadcast_sync.config import Mode, ServerConfig
@@ -244,6 +245,7 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         """
         threading.stack_size(THREAD_STACK_BYTES)
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+        nicknames.prepare()
         try:
             # Before the dispatcher runs: it only queues what it is handed.
             self.log.start(self.dispatcher)
