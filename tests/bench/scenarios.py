@@ -467,16 +467,29 @@ def _measure(
 # Room
 
 
+def room_figures(scenario: str, clients: int) -> Figures:
+    """The figures of a room of ``clients``, each sending one message a
+    period: ``clients``² deliveries a period expected."""
+    return Figures(
+        scenario, clients, expected_per_s=clients * clients * 1e9 / ROOM_PERIOD_NS
+    )
+
+
+def join_room(
+    figures: Figures, generator: LoadGenerator, clients: int
+) -> tuple[list[Client], int]:
+    """Connect a room of ``clients``, some of them sampled, and wait for its
+    join notices; its members, and how many clients were dropped so far."""
+    sampled = spread(clients, SAMPLED_RECEIVERS)
+    connect_and_settle(figures, generator, clients, sampled)
+    return list(generator.open_clients()), len(generator.dropped)
+
+
 def run_room(settings: Settings, clients: int) -> Figures:
     """C clients, one message each per second; C² deliveries/s."""
-    figures = Figures(
-        "room", clients, expected_per_s=clients * clients * 1e9 / ROOM_PERIOD_NS
-    )
+    figures = room_figures("room", clients)
     with serving(settings) as (server, generator):
-        sampled = spread(clients, SAMPLED_RECEIVERS)
-        connect_and_settle(figures, generator, clients, sampled)
-        drops_before = len(generator.dropped)
-        members = list(generator.open_clients())
+        members, drops_before = join_room(figures, generator, clients)
         start_ns = time.monotonic_ns() + START_DELAY_NS
         pacer = RoomPacer(generator, members, start_ns, ROOM_PERIOD_NS)
         _measure(settings, figures, server, generator, pacer, receivers=members)
@@ -749,16 +762,11 @@ def run_workers(settings: Settings, clients: int) -> Figures:
     """A room of ``clients`` on two workers sharing Redis: nothing lost."""
     if not settings.redis:
         raise ValueError("the workers scenario needs --redis")
-    figures = Figures(
-        "workers", clients, expected_per_s=clients * clients * 1e9 / ROOM_PERIOD_NS
-    )
+    figures = room_figures("workers", clients)
     # Info, for the log lines that say which worker took which client.
     options = ("--workers", str(WORKERS), "--log-level", "info")
     with serving(settings, options) as (server, generator):
-        sampled = spread(clients, SAMPLED_RECEIVERS)
-        connect_and_settle(figures, generator, clients, sampled)
-        drops_before = len(generator.dropped)
-        members = list(generator.open_clients())
+        members, drops_before = join_room(figures, generator, clients)
         start_ns = time.monotonic_ns() + START_DELAY_NS
         pacer = RoomPacer(generator, members, start_ns, ROOM_PERIOD_NS)
         _measure(settings, figures, server, generator, pacer, receivers=members)
@@ -790,14 +798,9 @@ def judge_workers(figures: Figures) -> bool:
 def run_spike(settings: Settings, clients: int) -> Figures:
     """A room of ``clients`` whose rate doubles for a while: how it fares
     during the spike, and how soon it recovers after."""
-    figures = Figures(
-        "spike", clients, expected_per_s=clients * clients * 1e9 / ROOM_PERIOD_NS
-    )
+    figures = room_figures("spike", clients)
     with serving(settings) as (server, generator):
-        sampled = spread(clients, SAMPLED_RECEIVERS)
-        connect_and_settle(figures, generator, clients, sampled)
-        drops_before = len(generator.dropped)
-        members = list(generator.open_clients())
+        members, drops_before = join_room(figures, generator, clients)
         start_ns = time.monotonic_ns() + START_DELAY_NS
         spike_start = start_ns + SPIKE_BEFORE_S * 10**9
         spike_end = spike_start + SPIKE_S * 10**9
