@@ -15,7 +15,7 @@ import pytest
 
 from broadcast_sync.admission import Admission, address_group
 from broadcast_sync.proxies import parse_network
-from tests.conftest import UNIT, run_server
+from tests.conftest import UNIT, run_server, wait_until
 from tests.rawclient import RawClient, new_key, upgrade_request
 
 OTHER_ADDRESS = "127.0.0.2"
@@ -119,13 +119,9 @@ def test_an_address_gets_its_place_back_when_a_client_leaves() -> None:
         with RawClient(server.port, "first"):
             assert handshake_status(server.port)[0] == 429
 
-        def freed() -> bool:
-            return handshake_status(server.port)[0] == 101
-
-        deadline = time.monotonic() + 5 * UNIT
-        while not freed():
-            assert time.monotonic() < deadline, "the place was never given back"
-            time.sleep(0.05)
+        wait_until(
+            lambda: handshake_status(server.port)[0] == 101, "the place given back"
+        )
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from tests.conftest import (
     receive,
     receive_text,
     run_server,
+    wait_until,
 )
 
 #: The example of RFC 6455, section 1.3: a client's key and the server's answer.
@@ -622,12 +623,11 @@ def test_handshakes_in_progress_have_their_own_cap() -> None:
         alice = join(server, "alice")
         for _ in range(MAX_PENDING_HANDSHAKES):
             silent.enter_context(socket.create_connection(("127.0.0.1", server.port)))
-        deadline = time.monotonic() + 10 * UNIT
-        while len(reader_threads()) < MAX_PENDING_HANDSHAKES + 1:
-            assert time.monotonic() < deadline, (
-                "the silent connections were not all served"
-            )
-            time.sleep(0.01)
+        wait_until(
+            lambda: len(reader_threads()) == MAX_PENDING_HANDSHAKES + 1,
+            "every silent connection served",
+            timeout=10 * UNIT,
+        )
         # Nothing sent: a request the server never reads could turn its close
         # into a reset that destroys the answer.
         response = parse_response(http_exchange(server.port, b""))
@@ -638,10 +638,11 @@ def test_handshakes_in_progress_have_their_own_cap() -> None:
         alice.send("still here")
         assert receive_text(alice) == "alice: still here"
         silent.close()
-        deadline = time.monotonic() + 10 * UNIT
-        while len(reader_threads()) > 1:
-            assert time.monotonic() < deadline, "the silent connections stayed"
-            time.sleep(0.01)
+        wait_until(
+            lambda: len(reader_threads()) == 1,
+            "the silent connections gone",
+            timeout=10 * UNIT,
+        )
         bob = join(server, "bob")
         assert receive_text(alice) == "Server: bob has joined the chat"
         bob.close()
