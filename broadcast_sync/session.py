@@ -268,7 +268,8 @@ class Session:
                 return
             if sent == len(data):
                 return
-            data = data[sent:]
+            # A view, not a copy: backlogged clients share the flush.
+            data = memoryview(data)[sent:]
             self._backlog = True
         self._outbox.put_nowait(data)
         self._queued_bytes += len(data)
