@@ -364,3 +364,20 @@ def test_quick_spike_reports_each_phase(tmp_path: Path) -> None:
     assert extra["p99_spike_ms"] > 0
     assert extra["recovered_s"] >= 0
     assert "spike: a room of 20 at twice its rate for 5 s" in stdout
+
+
+def test_quick_overload_accounts_for_every_message(tmp_path: Path) -> None:
+    """The overload scenario finds a small room's capacity, sends at 1.5
+    times it, and accounts for every message: delivered or refused."""
+    stdout, document = run_bench(tmp_path, "--quick", "--scenario", "overload")
+    (row,) = document["scenarios"]
+    assert row["scenario"] == "overload"
+    assert (row["out_of_order"], row["dropped"]) == (0, 0), row
+    extra = row["extra"]
+    assert extra["rate"] == pytest.approx(1.5 * extra["capacity_rate"])
+    assert extra["lost_silently"] == 0, extra
+    assert extra["server_received"] == row["messages_sent"] > 0, extra
+    assert extra["probes"] > 0, extra
+    assert extra["probes_failed"] == 0, extra
+    assert extra["health_failed"] == 0, extra
+    assert "overload: a room of 20 at" in stdout

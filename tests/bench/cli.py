@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="room size of the spike scenario (default: 2500)",
     )
     parser.add_argument(
+        "--overload-clients",
+        type=positive_int,
+        metavar="N",
+        help="room size of the overload scenario (default: 1000)",
+    )
+    parser.add_argument(
         "--scale-clients",
         type=positive_int,
         metavar="N",
@@ -223,6 +229,8 @@ def _settings(
         changes["scale_clients"] = args.scale_clients
     if args.spike_clients:
         changes["spike_clients"] = args.spike_clients
+    if args.overload_clients:
+        changes["overload_clients"] = args.overload_clients
     return dataclasses.replace(settings, **changes)
 
 
@@ -235,6 +243,7 @@ def _sizes_of(scenario: Scenario, settings: Settings) -> tuple[int, ...]:
         "resume": (settings.resume_events,),
         "workers": (settings.workers_clients,),
         "spike": (settings.spike_clients,),
+        "overload": (settings.overload_clients,),
         "disconnect": (settings.scale_clients,),
         "shutdown": (settings.scale_clients,),
     }[scenario.name]
@@ -319,7 +328,7 @@ def _summary(
             "passed": workers.passed,
             **{key: value for key, value in workers.extra.items() if "worker_" in key},
         }
-    for name in ("spike", "disconnect", "shutdown"):
+    for name in ("spike", "overload", "disconnect", "shutdown"):
         if name in by_name:
             row = by_name[name]
             summary[name] = {
@@ -327,6 +336,11 @@ def _summary(
                 "passed": row.passed,
                 **row.extra,
             }
+    if "overload" in by_name:
+        overload = by_name["overload"]
+        summary["overload"]["rss_mib"] = overload.server_rss_mib
+        if overload.latency is not None:
+            summary["overload"]["p99_ms"] = overload.latency.p99
     return summary
 
 
@@ -408,6 +422,8 @@ def _print_report(
             f"p99 {spike['p99_before_ms']:.0f} ms before, "
             f"{spike['p99_spike_ms']:.0f} ms during, {recovered} (target < 5 s)"
         )
+    if "overload" in summary:
+        _print_overload(summary["overload"])
     if "disconnect" in summary:
         _print_disconnect(summary["disconnect"])
     if "shutdown" in summary:
@@ -436,6 +452,22 @@ def _print_resume(resume: dict[str, Any]) -> None:
         f"{resume['first_frame_ms']:.1f} ms (101 after {resume['response_ms']:.1f} "
         f"ms); CPU per resume: server {resume['server_cpu_ms']:.1f} ms{redis}; "
         f"{resume['failed']:.0f} of {resume['resumes'] + resume['failed']:.0f} failed"
+    )
+
+
+def _print_overload(overload: dict[str, Any]) -> None:
+    print(
+        f"overload: a room of {overload['clients']} at "
+        f"{overload['rate']:.1f} messages a second each, 1.5 times the "
+        f"{overload['capacity_rate']:.1f} it carries within 100 ms: "
+        f"p99 {overload.get('p99_ms', float('nan')):.0f} ms for what was "
+        f"delivered (worst "
+        f"second {overload['p99_max_second_ms']:.0f} ms); "
+        f"{overload['refused_percent']:.1f} % refused with a notice, "
+        f"{overload['lost_silently']:.0f} lost silently; RSS "
+        f"{overload['rss_mib']:.0f} MiB; newcomers' handshakes max "
+        f"{overload['probe_max_ms']:.0f} ms, /healthz max "
+        f"{overload['health_max_ms']:.0f} ms"
     )
 
 

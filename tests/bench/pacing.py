@@ -60,6 +60,8 @@ class RoomPacer:
         self._period_ns = period_ns
         self._jitter = jitter
         self._spike = spike
+        #: Multiplies the rate, spike or not: see :meth:`restart`.
+        self._factor = 1.0
         self._random = random.Random(seed)
         #: (when due, sender's position, its nominal time, its sequence number)
         self._due: list[tuple[int, int, int, int]] = []
@@ -73,8 +75,24 @@ class RoomPacer:
         #: How late each message was sent: the generator's lag.
         self.lags_ns: list[int] = []
 
+    def restart(self, start_ns: int, factor: float) -> None:
+        """Send ``factor`` times as often from ``start_ns`` on, phases spread
+        again; each sender goes on from its last sequence number."""
+        self._factor = factor
+        period_ns = self._period_at(start_ns)
+        count = len(self._senders)
+        due = []
+        for _, position, _, seq in self._due:
+            nominal = start_ns + position * period_ns // count
+            due.append((self._jittered(nominal), position, nominal, seq))
+        heapq.heapify(due)
+        self._due = due
+        self.stop_ns = IDLE
+
     def _period_at(self, nominal_ns: int) -> int:
-        factor = 1.0 if self._spike is None else self._spike.factor_at(nominal_ns)
+        factor = self._factor
+        if self._spike is not None:
+            factor *= self._spike.factor_at(nominal_ns)
         return int(self._period_ns / factor)
 
     def _jittered(self, nominal_ns: int) -> int:

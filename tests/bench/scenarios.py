@@ -1,4 +1,5 @@
-"""The scenarios of issue #3: room, flood, idle scale, lone message, resume.
+"""The scenarios: room, flood, idle scale, lone message, resume, and the
+abuse scenarios: spike, overload, mass disconnect, shutdown at scale.
 
 Each run starts a fresh server (with ``--redis``, on a fresh redis-server of
 its own), connects its clients, waits until every join notice has arrived
@@ -31,6 +32,12 @@ the server and Redis and closes every socket.
   then 5 s at twice the rate, then 10 s at its rate again: p99 before and
   during the spike, and how long after it p99 takes to come back under
   100 ms for good. Passes when that takes at most 5 s, nothing lost.
+- **overload C**: a room of C finds its capacity, a rate per client that
+  climbs by a quarter until p99 reaches 100 ms or a message is refused;
+  then it sends at 1.5 times that for 30 s, newcomers and /healthz probed
+  meanwhile. Every message must reach every sampled client or be counted
+  refused by the server's /metrics: none lost silently. Passes with p99
+  under 2 s, no client dropped, every probe answered within a second.
 - **shutdown N**: SIGTERM with N clients connected, half of them reset at
   the same moment: passes when the server exits with 0 within its close
   timeout (3 s) plus 2 s.
@@ -50,6 +57,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Collection, Iterator, Sequence
 
 from tests.bench import wire
@@ -84,7 +92,7 @@ from tests.bench.serverproc import (
     redis_for_bench,
     run_time_ns,
 )
-from tests.bench.tracking import percentile
+from tests.bench.tracking import ReceiverLog, percentile
 
 HOST = "127.0.0.1"
 #: Receivers that decode every frame, spread across the room.
@@ -138,6 +146,25 @@ SPIKE_S = 5
 SPIKE_AFTER_S = 10
 SPIKE_FACTOR = 2.0
 RECOVERY_TARGET_S = 5.0
+#: The overload scenario: its rate, as a multiple of the room's capacity;
+#: its sampled clients (each decodes every frame, which costs the generator
+#: at these rates); and the p99 it must stay under: the server refuses
+#: messages once its fan-out lags a second, so what it delivers waits about
+#: that long at most, plus the time spent in the sockets' buffers.
+OVERLOAD_FACTOR = 1.5
+OVERLOAD_SAMPLED = 8
+OVERLOAD_P99_LIMIT_MS = 2000.0
+#: How the overload scenario finds the room's capacity: rates per client
+#: from the first, each a quarter higher, each held for a few seconds.
+CLIMB_FIRST_RATE = 2.0
+CLIMB_STEP = 1.25
+#: No bytes for this long: the backlog has been delivered.
+OVERLOAD_QUIET_SECONDS = 0.5
+#: Where the pacer starts before its first restart: never.
+IDLE_START = 2**62
+#: The server's counters that account for every message.
+REFUSED_METRIC = "broadcast_busy_refused_total"
+RECEIVED_METRIC = "broadcast_messages_received_total"
 #: Target of the shutdown scenario: the server's --close-timeout (3 s by
 #: default) plus 2 s.
 STOP_TARGET_S = 5.0
@@ -160,6 +187,13 @@ class Settings:
     #: The room of the spike scenario: near capacity, so that twice its rate
     #: is far past it.
     spike_clients: int = 2500
+    #: The room of the overload scenario, and how long it is overloaded.
+    overload_clients: int = 1000
+    overload_duration: float = 30.0
+    #: How long the overload scenario holds each rate while it climbs,
+    #: and how many rates it tries at most.
+    climb_step_seconds: float = 4.0
+    climb_steps: int = 20
     #: Budget of the idle scenario's handshakes, then of its join notices
     #: (this server needs minutes for 10,000: see the module's docstring).
     idle_connect_timeout: float = 45.0
@@ -189,6 +223,10 @@ QUICK = Settings(
     flood_receivers=10,
     scale_clients=200,
     spike_clients=20,
+    overload_clients=20,
+    overload_duration=2.0,
+    climb_step_seconds=0.5,
+    climb_steps=4,
     lone_messages=8,
     resume_events=50,
     resume_rounds=3,
@@ -476,11 +514,15 @@ def room_figures(scenario: str, clients: int) -> Figures:
 
 
 def join_room(
-    figures: Figures, generator: LoadGenerator, clients: int
+    figures: Figures,
+    generator: LoadGenerator,
+    clients: int,
+    sampled_count: int = SAMPLED_RECEIVERS,
 ) -> tuple[list[Client], int]:
-    """Connect a room of ``clients``, some of them sampled, and wait for its
-    join notices; its members, and how many clients were dropped so far."""
-    sampled = spread(clients, SAMPLED_RECEIVERS)
+    """Connect a room of ``clients``, ``sampled_count`` of them sampled, and
+    wait for its join notices; its members, and how many clients were
+    dropped so far."""
+    sampled = spread(clients, sampled_count)
     connect_and_settle(figures, generator, clients, sampled)
     return list(generator.open_clients()), len(generator.dropped)
 
@@ -867,15 +909,188 @@ def judge_spike(figures: Figures) -> bool:
     )
 
 
+# Overload
+
+
+def run_overload(settings: Settings, clients: int) -> Figures:
+    """A room of ``clients`` sending 1.5 times as fast as it can be served.
+
+    First the room's capacity: its rate climbs in steps of a quarter until
+    p99 reaches 100 ms or a message is refused. Then it sends at
+    :data:`OVERLOAD_FACTOR` times the last rate that passed, for
+    ``settings.overload_duration`` seconds, with a newcomer and a health
+    check probed ten times a second. Every message sent must either reach
+    every client or be refused, counted by the server (whose sender is told
+    once, with a notice): the sampled clients count what reached them, the
+    server's /metrics what it refused.
+    """
+    figures = room_figures("overload", clients)
+    with serving(settings) as (server, generator):
+        members, drops_before = join_room(figures, generator, clients, OVERLOAD_SAMPLED)
+        sampled = [log for _, log in _sampled_logs(members)]
+        pacer = RoomPacer(generator, members, IDLE_START, ROOM_PERIOD_NS)
+        capacity = _climb_to_capacity(settings, server, generator, pacer)
+        rate = OVERLOAD_FACTOR * capacity
+        figures.expected_per_s = clients * clients * rate
+        figures.extra["capacity_rate"] = capacity
+        figures.extra["rate"] = rate
+        chats_before = [log.chats for log in sampled]
+        sent_before = pacer.sent
+        metrics_before = server.metrics()
+        tracker = generator.tracker
+        tracker.latencies_ns = []
+        tracker.send_times_ns = []
+        start_ns = time.monotonic_ns() + START_DELAY_NS
+        end_ns = start_ns + int(settings.overload_duration * 1e9)
+        tracker.open_window(start_ns, end_ns)
+        pacer.restart(start_ns, rate)
+        pacer.stop_ns = end_ns
+        start = Snapshot.take(settings, server, members)
+        with Prober(server.port, generator.context) as prober:
+            generator.run(end_ns, pacer)
+            measure_window(figures, start, Snapshot.take(settings, server, members))
+            finish(figures, server, generator)
+        sent = pacer.sent - sent_before
+        _drain(server, generator, metrics_before, sent)
+        metrics_after = server.metrics()
+        prober.describe(figures)
+        delivered = [
+            log.chats - before
+            for log, before in zip(sampled, chats_before, strict=True)
+        ]
+        _account_overload(figures, sent, delivered, metrics_before, metrics_after)
+        figures.dropped = len(generator.dropped) - drops_before
+        figures.out_of_order = tracker.out_of_order
+        figures.unexpected = tracker.unexpected
+        figures.latency = Latency.from_ns(tracker.latencies_ns)
+    after_stop(figures, server)
+    seconds = _p99_by_second(tracker.send_times_ns, tracker.latencies_ns, start_ns)
+    shown = " ".join(f"{value:.0f}" for value in seconds[:-1])
+    print(f"  p99 ms of each second sent: {shown}", file=sys.stderr)
+    figures.extra["p99_max_second_ms"] = max(seconds[:-1], default=0.0)
+    figures.passed = judge_overload(figures)
+    return figures
+
+
+def _sampled_logs(members: Sequence[Client]) -> Iterator[tuple[Client, ReceiverLog]]:
+    for client in members:
+        if client.log is not None:
+            yield client, client.log[1]
+
+
+def _climb_to_capacity(
+    settings: Settings,
+    server: ServerProcess,
+    generator: LoadGenerator,
+    pacer: RoomPacer,
+) -> float:
+    """The highest rate per client, in messages a second, at which the room
+    passes: p99 under 100 ms, nothing refused. Climbs from
+    :data:`CLIMB_FIRST_RATE` in steps of :data:`CLIMB_STEP`."""
+    tracker = generator.tracker
+    rate = passed = CLIMB_FIRST_RATE
+    for _ in range(settings.climb_steps):
+        refused_before = server.metrics()[REFUSED_METRIC]
+        tracker.latencies_ns = []
+        start_ns = time.monotonic_ns() + START_DELAY_NS
+        end_ns = start_ns + int(settings.climb_step_seconds * 1e9)
+        tracker.open_window(start_ns, end_ns)
+        pacer.restart(start_ns, rate)
+        pacer.stop_ns = end_ns
+        generator.run(end_ns, pacer)
+        _quiet(generator)
+        refused = server.metrics()[REFUSED_METRIC] - refused_before
+        latencies = sorted(tracker.latencies_ns)
+        p99_ms = percentile(latencies, 0.99) / 1e6 if latencies else float("inf")
+        print(
+            f"  capacity: {rate:.1f} messages/s a client: p99 {p99_ms:.0f} ms, "
+            f"{refused:.0f} refused",
+            file=sys.stderr,
+        )
+        if p99_ms >= P99_LIMIT_MS or refused:
+            break
+        passed = rate
+        rate *= CLIMB_STEP
+    return passed
+
+
+def _quiet(generator: LoadGenerator, timeout: float = SETTLE_TIMEOUT) -> None:
+    """Serve until no bytes came for a while: the backlog is delivered."""
+    deadline = time.monotonic_ns() + int(timeout * 1e9)
+    quiet_ns = int(OVERLOAD_QUIET_SECONDS * 1e9)
+    while time.monotonic_ns() < deadline:
+        before = generator.total_received
+        generator.run(min(time.monotonic_ns() + quiet_ns, deadline))
+        if generator.total_received == before:
+            return
+
+
+def _drain(
+    server: ServerProcess,
+    generator: LoadGenerator,
+    metrics_before: dict[str, float],
+    sent: int,
+) -> None:
+    """Serve until what the server accepted is delivered and it has read all
+    ``sent`` messages. /metrics is read only between quiet spells: the
+    generator reads nothing while it waits for the answer."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while time.monotonic() < deadline:
+        _quiet(generator)
+        received = server.metrics()[RECEIVED_METRIC] - metrics_before[RECEIVED_METRIC]
+        if received >= sent:
+            return
+
+
+def _account_overload(
+    figures: Figures,
+    sent: int,
+    delivered: Sequence[int],
+    metrics_before: dict[str, float],
+    metrics_after: dict[str, float],
+) -> None:
+    """What became of the messages sent: delivered, refused, or lost
+    silently (neither), as every sampled client saw it."""
+    refused = int(metrics_after[REFUSED_METRIC] - metrics_before[REFUSED_METRIC])
+    figures.messages_sent = sent
+    figures.extra["refused_messages"] = refused
+    figures.extra["refused_percent"] = 100 * refused / sent if sent else 0.0
+    figures.extra["delivered_messages"] = min(delivered, default=0)
+    figures.extra["lost_silently"] = max(
+        (abs(sent - refused - got) for got in delivered), default=sent
+    )
+    figures.extra["server_received"] = (
+        metrics_after[RECEIVED_METRIC] - metrics_before[RECEIVED_METRIC]
+    )
+
+
+def judge_overload(figures: Figures) -> bool:
+    """Latency bounded, nothing lost silently, newcomers and health checks
+    answered within a second, no client dropped."""
+    extra = figures.extra
+    return (
+        figures.latency is not None
+        and figures.latency.p99 <= OVERLOAD_P99_LIMIT_MS
+        and extra.get("lost_silently") == 0
+        and figures.dropped == 0
+        and figures.out_of_order == 0
+        and extra.get("probes_failed") == 0
+        and extra.get("health_failed") == 0
+        and extra.get("probe_max_ms", PROBE_TIMEOUT * 1000) <= PROBE_TARGET_MS
+        and extra.get("health_max_ms", PROBE_TIMEOUT * 1000) <= PROBE_TARGET_MS
+    )
+
+
 # Mass disconnect and shutdown at scale
 
 
 class Prober:
-    """A thread that opens a new client every :data:`PROBE_PERIOD` seconds.
+    """A thread that opens a new client every :data:`PROBE_PERIOD` seconds,
+    then asks for ``/healthz``.
 
     Each probe's time runs from its connect() to the handshake's response:
     how long a newcomer waits while the server is busy. A probe that gets
-    no answer within :data:`PROBE_TIMEOUT` fails.
+    no answer within :data:`PROBE_TIMEOUT` fails; so does a health check.
     """
 
     def __init__(self, port: int, tls: ssl.SSLContext | None) -> None:
@@ -887,6 +1102,10 @@ class Prober:
         self.times_ms: list[float] = []
         #: Probes that got no 101 in time.
         self.failed = 0
+        #: Milliseconds of each health check that got its 200, and those
+        #: that did not.
+        self.health_ms: list[float] = []
+        self.health_failed = 0
 
     def __enter__(self) -> Prober:
         self._thread.start()
@@ -915,6 +1134,22 @@ class Prober:
                     self.times_ms.append((probe.response_ns - started) / 1e6)
             except (ResumeError, OSError):
                 self.failed += 1
+            self._check_health()
+
+    def _check_health(self) -> None:
+        scheme = "http" if self._tls is None else "https"
+        started = time.monotonic_ns()
+        try:
+            with urllib.request.urlopen(
+                f"{scheme}://{HOST}:{self._port}/healthz",
+                timeout=PROBE_TIMEOUT,
+                context=self._tls,
+            ) as response:
+                response.read()
+        except OSError:
+            self.health_failed += 1
+        else:
+            self.health_ms.append((time.monotonic_ns() - started) / 1e6)
 
     def describe(self, figures: Figures) -> None:
         """Put the probes' figures in ``figures``."""
@@ -923,6 +1158,8 @@ class Prober:
         figures.extra["probe_max_ms"] = max(self.times_ms, default=0.0)
         if self.times_ms:
             figures.extra["probe_p50_ms"] = statistics.median(self.times_ms)
+        figures.extra["health_failed"] = self.health_failed
+        figures.extra["health_max_ms"] = max(self.health_ms, default=0.0)
 
 
 def run_disconnect(settings: Settings, clients: int) -> Figures:
@@ -1031,6 +1268,7 @@ SCENARIOS = {
         Scenario("resume", run_resume, judge_resume),
         Scenario("workers", run_workers, judge_workers, needs_redis=True),
         Scenario("spike", run_spike, judge_spike),
+        Scenario("overload", run_overload, judge_overload),
         Scenario("disconnect", run_disconnect, judge_disconnect),
         Scenario("shutdown", run_shutdown, judge_shutdown),
     )

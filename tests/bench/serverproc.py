@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -66,6 +67,8 @@ SERVER_OPTIONS = (
     "--pong-timeout",
     "3600",
 )
+#: A scrape of /metrics on a busy server: its acceptor answers it.
+METRICS_TIMEOUT_SECONDS = 10.0
 #: An empty Redis starts in milliseconds; this allows a loaded machine.
 REDIS_START_SECONDS = 10.0
 REDIS_STOP_SECONDS = 5.0
@@ -221,3 +224,15 @@ class ServerProcess(serverproc.ServerProcess):
     def descriptor_count(self) -> int:
         """File descriptors open in the server process."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def metrics(self) -> dict[str, float]:
+        """The server's ``/metrics``, by sample name (labels and all)."""
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_SECONDS) as response:
+            text = response.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
