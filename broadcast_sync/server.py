@@ -276,7 +276,10 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         self.heartbeat.stop()
         deadline = time.monotonic() + self.config.close_timeout
         for thread in self._connection_threads():
-            thread.join(max(deadline - time.monotonic(), 0))
+            # The acceptor may not have started it yet: it is joined below,
+            # once the acceptor is done.
+            if thread.is_alive():
+                thread.join(max(deadline - time.monotonic(), 0))
         self.shutdown()
         self._acceptor.join()
         with self._connections_lock:
