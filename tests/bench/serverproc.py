@@ -67,7 +67,7 @@ SERVER_OPTIONS = (
     "--pong-timeout",
     "3600",
 )
-#: A scrape of /metrics on a busy server: its acceptor answers it.
+#: A scrape of /metrics on a busy server waits its turn for the interpreter.
 METRICS_TIMEOUT_SECONDS = 10.0
 #: An empty Redis starts in milliseconds; this allows a loaded machine.
 REDIS_START_SECONDS = 10.0
