@@ -106,6 +106,23 @@ def upgrade_request(port: int, username: str, key: str) -> bytes:
     ).encode()
 
 
+def handshake_response(request_head: bytes) -> bytes:
+    """The 101 accepting the upgrade ``request_head``, as a server would send
+    it: its Sec-WebSocket-Accept computed as RFC 6455, section 4.2.2, says."""
+    headers = {}
+    for line in request_head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    key = headers[b"sec-websocket-key"]
+    accept = base64.b64encode(hashlib.sha1(key + ACCEPT_GUID).digest())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\n"
+        b"Upgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+
+
 class RawClient:
     """A WebSocket client on a bare socket, which sends bytes as given.
 

@@ -9,10 +9,8 @@ reconnection. The client's pure logic (``clientproto``) is tested directly.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import pty
@@ -49,6 +47,7 @@ from broadcast_sync.config import Mode, ServerConfig
 from broadcast_sync.metrics import Disconnect
 from broadcast_sync.server import BroadcastServer
 from tests.conftest import UNIT, connect, join, receive, run_server, wait_until
+from tests.rawclient import handshake_response
 from tests.serverproc import ServerProcess
 
 #: Where ``python -m broadcast_sync`` finds the package.
@@ -76,9 +75,6 @@ FUTEX_SYSCALLS = {"202", "98"}
 ABOVE_INPUT = re.compile(
     rb"\x1b7[^\x1b]*(?:\x1b\[A)?\x1b\[L(?P<text>[^\r\n\x1b]*)\r\n\x1b8(?:\x1b\[B)?"
 )
-
-#: RFC 6455's GUID, to answer a handshake by hand.
-WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def client_args(port: int, username: str) -> list[str]:
@@ -519,22 +515,6 @@ def read_exactly(sock: socket.socket, size: int) -> bytes:
             raise EOFError
         data += chunk
     return data
-
-
-def handshake_response(request: bytes) -> bytes:
-    """A 101 answering the upgrade ``request``, computed as RFC 6455 says."""
-    headers = dict(
-        line.split(b":", 1) for line in request.split(b"\r\n")[1:] if b":" in line
-    )
-    keys = {name.strip().lower(): value.strip() for name, value in headers.items()}
-    key = keys[b"sec-websocket-key"]
-    accept = base64.b64encode(hashlib.sha1(key + WEBSOCKET_GUID).digest())
-    return (
-        b"HTTP/1.1 101 Switching Protocols\r\n"
-        b"Upgrade: websocket\r\n"
-        b"Connection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-    )
 
 
 # Piped input

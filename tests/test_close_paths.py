@@ -9,9 +9,7 @@ waiting for a client that never answers it.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import socket
 import subprocess
 import sys
@@ -27,7 +25,7 @@ from wsproto.frame_protocol import Opcode
 
 from broadcast_sync.chatlink import CLOSE_TIMEOUT as TERMINAL_CLOSE_TIMEOUT
 from tests.conftest import UNIT, run_server
-from tests.rawclient import ACCEPT_GUID, RawClient, close_payload, frame
+from tests.rawclient import RawClient, close_payload, frame, handshake_response
 from tests.wsclient import CLOSE_TIMEOUT as WSCLIENT_CLOSE_TIMEOUT
 from tests.wsclient import ChatClient
 
@@ -48,23 +46,6 @@ SERVER_CLOSE_TIMEOUT = 30 * UNIT
 
 #: How soon after its close frame the server must have ended its side.
 HALF_CLOSE_WAIT = 2 * UNIT
-
-
-def accept_response(request_head: bytes) -> bytes:
-    """The 101 accepting the upgrade request ``request_head``, its
-    Sec-WebSocket-Accept computed as RFC 6455, section 4.2.2, says."""
-    headers = {}
-    for line in request_head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    key = headers[b"sec-websocket-key"]
-    accept = base64.b64encode(hashlib.sha1(key + ACCEPT_GUID).digest())
-    return (
-        b"HTTP/1.1 101 Switching Protocols\r\n"
-        b"Upgrade: websocket\r\n"
-        b"Connection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-    )
 
 
 class SilentServer:
@@ -157,7 +138,7 @@ class SilentServer:
                 raise ConnectionError("the client hung up during the handshake")
             request += chunk
         head, _, rest = request.partition(b"\r\n\r\n")
-        connection.sendall(accept_response(head))
+        connection.sendall(handshake_response(head))
         self.handshaken.set()
         # wsproto answers no close frame by itself: reading is all it does.
         protocol = Connection(ConnectionType.SERVER)
