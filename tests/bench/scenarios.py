@@ -92,7 +92,7 @@ from tests.bench.serverproc import (
     redis_for_bench,
     run_time_ns,
 )
-from tests.bench.tracking import ReceiverLog, percentile
+from tests.bench.tracking import percentile
 
 HOST = "127.0.0.1"
 #: Receivers that decode every frame, spread across the room.
@@ -927,7 +927,7 @@ def run_overload(settings: Settings, clients: int) -> Figures:
     figures = room_figures("overload", clients)
     with serving(settings) as (server, generator):
         members, drops_before = join_room(figures, generator, clients, OVERLOAD_SAMPLED)
-        sampled = [log for _, log in _sampled_logs(members)]
+        sampled = [client.log[1] for client in members if client.log is not None]
         pacer = RoomPacer(generator, members, IDLE_START, ROOM_PERIOD_NS)
         capacity = _climb_to_capacity(settings, server, generator, pacer)
         rate = OVERLOAD_FACTOR * capacity
@@ -938,13 +938,10 @@ def run_overload(settings: Settings, clients: int) -> Figures:
         sent_before = pacer.sent
         metrics_before = server.metrics()
         tracker = generator.tracker
-        tracker.latencies_ns = []
         tracker.send_times_ns = []
-        start_ns = time.monotonic_ns() + START_DELAY_NS
-        end_ns = start_ns + int(settings.overload_duration * 1e9)
-        tracker.open_window(start_ns, end_ns)
-        pacer.restart(start_ns, rate)
-        pacer.stop_ns = end_ns
+        start_ns, end_ns = _begin_phase(
+            generator, pacer, rate, settings.overload_duration
+        )
         start = Snapshot.take(settings, server, members)
         with Prober(server.port, generator.context) as prober:
             generator.run(end_ns, pacer)
@@ -972,10 +969,18 @@ def run_overload(settings: Settings, clients: int) -> Figures:
     return figures
 
 
-def _sampled_logs(members: Sequence[Client]) -> Iterator[tuple[Client, ReceiverLog]]:
-    for client in members:
-        if client.log is not None:
-            yield client, client.log[1]
+def _begin_phase(
+    generator: LoadGenerator, pacer: RoomPacer, rate: float, seconds: float
+) -> tuple[int, int]:
+    """Have ``pacer`` send ``rate`` messages a second per client for
+    ``seconds``, latencies recorded afresh; its start and end times."""
+    generator.tracker.latencies_ns = []
+    start_ns = time.monotonic_ns() + START_DELAY_NS
+    end_ns = start_ns + int(seconds * 1e9)
+    generator.tracker.open_window(start_ns, end_ns)
+    pacer.restart(start_ns, rate)
+    pacer.stop_ns = end_ns
+    return start_ns, end_ns
 
 
 def _climb_to_capacity(
@@ -987,20 +992,14 @@ def _climb_to_capacity(
     """The highest rate per client, in messages a second, at which the room
     passes: p99 under 100 ms, nothing refused. Climbs from
     :data:`CLIMB_FIRST_RATE` in steps of :data:`CLIMB_STEP`."""
-    tracker = generator.tracker
     rate = passed = CLIMB_FIRST_RATE
     for _ in range(settings.climb_steps):
         refused_before = server.metrics()[REFUSED_METRIC]
-        tracker.latencies_ns = []
-        start_ns = time.monotonic_ns() + START_DELAY_NS
-        end_ns = start_ns + int(settings.climb_step_seconds * 1e9)
-        tracker.open_window(start_ns, end_ns)
-        pacer.restart(start_ns, rate)
-        pacer.stop_ns = end_ns
+        _, end_ns = _begin_phase(generator, pacer, rate, settings.climb_step_seconds)
         generator.run(end_ns, pacer)
         _quiet(generator)
         refused = server.metrics()[REFUSED_METRIC] - refused_before
-        latencies = sorted(tracker.latencies_ns)
+        latencies = sorted(generator.tracker.latencies_ns)
         p99_ms = percentile(latencies, 0.99) / 1e6 if latencies else float("inf")
         print(
             f"  capacity: {rate:.1f} messages/s a client: p99 {p99_ms:.0f} ms, "
