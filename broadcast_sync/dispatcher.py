@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 
 from broadcast_sync import frames, messages
-from broadcast_sync.events import EventId, EventKind, LoggedEvent
+from broadcast_sync.events import Event, EventId, EventKind, LoggedEvent
 from broadcast_sync.hub import Hub, Member
 from broadcast_sync.log import Snapshot
 from broadcast_sync.messages import Format
@@ -39,6 +39,14 @@ EPOCH_CHANGED = "the chat history was lost; earlier messages cannot be resumed"
 #: capacity, latency stays bounded at about this, instead of growing with
 #: the backlog.
 MAX_LAG_SECONDS = 1.0
+#: About the most one flush carries, in bytes of frames: a flush late by a
+#: second of a busy room would be more than a client's buffers hold (see
+#: --max-queue-bytes), and would drop clients that keep up. A larger
+#: backlog goes out as several flushes, which the clients read as they come.
+MAX_FLUSH_BYTES = 64 * 1024
+#: What a frame adds to the name and text of its event, about: the header,
+#: ": " in text, the keys and id in JSON.
+FRAME_OVERHEAD_BYTES = 64
 #: How long a resume may wait for this server to read the event it names:
 #: another server logged it a moment ago. A few of the log's round trips.
 RESUME_WAIT_SECONDS = 2.0
@@ -103,7 +111,9 @@ class _Flush:
     Members of the hub get every event. A client added during the batch
     gets the events from its arrival on, and joins the hub after the
     fan-out; one removed gets the events before its removal, then its close
-    frame. So a burst of arrivals costs one fan-out, not one each.
+    frame. So a burst of arrivals costs one fan-out, not one each. A notice
+    for one client goes between the events it came between, in the same
+    fan-out.
     """
 
     events: list[LoggedEvent] = dataclasses.field(default_factory=list)
@@ -113,6 +123,14 @@ class _Flush:
     removed: list[tuple[Member, int, int, bytes | None]] = dataclasses.field(
         default_factory=list
     )
+    #: Frames for one client each, with the index of the event they precede.
+    notices: dict[Member, list[tuple[int, bytes]]] = dataclasses.field(
+        default_factory=dict
+    )
+    #: About how many bytes the events' frames take.
+    size: int = 0
+    #: Events taken from the inbox, including those delivered before.
+    taken: int = 0
 
 
 class Dispatcher:
@@ -166,6 +184,21 @@ class Dispatcher:
         #: Seconds the latest flush lagged; 0 once the inbox ran empty.
         #: Written by the dispatcher thread, read by readers (a float).
         self.lag = 0.0
+        #: When the oldest event of the flush being sent was logged (server
+        #: time); infinity between flushes. Written by the dispatcher
+        #: thread, read by readers (a float).
+        self._sending_since = float("inf")
+        #: Events handed to the dispatcher, and events it fanned out: the
+        #: difference is its backlog. One writer each: the log (which hands
+        #: them over one call at a time), and the dispatcher thread.
+        self._events_in = 0
+        self._events_out = 0
+        #: Seconds per event of the latest batch that took several flushes:
+        #: how fast a backlog goes out. Written by the dispatcher thread.
+        self._seconds_per_event = 0.0
+        #: Set at the end of the next fan-out, then replaced by a new one:
+        #: what busy readers wait for.
+        self._fanned_out = threading.Event()
 
     def start(self) -> None:
         """Start the dispatcher thread."""
@@ -185,6 +218,7 @@ class Dispatcher:
 
     def deliver(self, events: Sequence[LoggedEvent]) -> None:
         """Fan out ``events``, which follow everything delivered before."""
+        self._events_in += len(events)
         self._put(_Events(events))
 
     # Called from reader threads.
@@ -208,8 +242,23 @@ class Dispatcher:
         self._put(_SendTo(member, frame))
 
     def busy(self) -> bool:
-        """Whether the fan-out lags more than :data:`MAX_LAG_SECONDS`."""
-        return self.lag > MAX_LAG_SECONDS
+        """Whether the fan-out lags more than :data:`MAX_LAG_SECONDS`: a
+        message accepted now would wait that long behind the backlog, or
+        the latest flush, or the one being sent, is that late already.
+
+        The wait ahead is what bounds the latency: the lag of the flushes
+        is only known once events went out, by which time the backlog holds
+        a second of the room's messages. Past capacity, each of those takes
+        longer than a second to send, and the latency had grown to several.
+        """
+        backlog = self._events_in - self._events_out
+        ahead = backlog * self._seconds_per_event
+        sending_for = time.time() - self._sending_since
+        return max(ahead, self.lag, sending_for) > MAX_LAG_SECONDS
+
+    def wait_for_fan_out(self, timeout: float) -> None:
+        """Wait until the next fan-out is done, or ``timeout`` seconds."""
+        self._fanned_out.wait(timeout)
 
     def remove(
         self,
@@ -280,6 +329,9 @@ class Dispatcher:
 
     def _deliver(self, items: list[_Item]) -> bool:
         """Send ``items`` in order; False once stopped."""
+        started = time.monotonic()
+        events_before = self._events_out
+        behind = False
         flush = _Flush()
         for item in items:
             if isinstance(item, _Events):
@@ -288,17 +340,27 @@ class Dispatcher:
                 self._waiting.append(item)
             elif isinstance(item, _Stop):
                 self._stopping = item
+            elif isinstance(item, _SendTo):
+                # In this fan-out, not one of its own: past capacity, a
+                # thousand "server busy" notices cut a flush into a thousand
+                # fan-outs, and the server never caught up again.
+                notices = flush.notices.setdefault(item.member, [])
+                notices.append((len(flush.events), item.frame))
             else:
-                # A frame for one client, or a new epoch: send what came first.
+                # A new epoch: send what came first.
                 self._send(flush)
                 flush = _Flush()
-                if isinstance(item, _SendTo):
-                    item.member.send(item.frame)
-                else:
-                    self._restart(item.snapshot)
+                self._restart(item.snapshot)
             self._act_when_due(flush)
+            if flush.size >= MAX_FLUSH_BYTES:
+                behind = True
+                self._send(flush)
+                flush = _Flush()
         self._act_when_due(flush)  # also when nothing came: deadlines pass
         self._send(flush)
+        if behind:
+            events = self._events_out - events_before
+            self._seconds_per_event = (time.monotonic() - started) / events
         if self._stopping is not None and self._due(self._stopping):
             self._close_all()
             return False
@@ -316,6 +378,7 @@ class Dispatcher:
         self._send(flush)
 
     def _add_events(self, events: Sequence[LoggedEvent], flush: _Flush) -> None:
+        flush.taken += len(events)
         for logged in events:
             if logged.offset <= self._offset:
                 continue  # read again after a reconnection
@@ -334,6 +397,7 @@ class Dispatcher:
             elif event.kind is EventKind.LEAVE:
                 self._online.discard(event.user)
             flush.events.append(logged)
+            flush.size += _frame_size(event)
             if self._waiting:
                 self._act_when_due(flush)
 
@@ -445,17 +509,27 @@ class Dispatcher:
         """Fan ``flush`` out, then let its newcomers in and its leavers go."""
         started = time.monotonic()
         events = flush.events
+        notices = flush.notices
         rendered = _Rendered(events, self._epoch)
         deliveries = sent_bytes = 0
         if events:
+            self._sending_since = events[0].event.ts
             closed = []
             with self._hub.locked_members() as members:
                 for member in members:
-                    data = rendered.joined(member.format)
+                    if notices and member in notices:
+                        data = rendered.joined(
+                            member.format, notices=notices.pop(member)
+                        )
+                    else:
+                        data = rendered.joined(member.format)
                     if not member.send(data):
                         closed.append(member)
                     sent_bytes += len(data)
                 deliveries = len(members) * len(events)
+            self._sending_since = float("inf")
+            fanned_out, self._fanned_out = self._fanned_out, threading.Event()
+            fanned_out.set()
             if closed:
                 self._hub.discard(closed)
         for member, start in flush.added.items():
@@ -467,27 +541,37 @@ class Dispatcher:
                 count,
                 extra={"client": member.address, "user": member.name},
             )
-            if start < len(events):
-                data = rendered.joined(member.format, start)
+            data = rendered.joined(
+                member.format, start, notices=notices.pop(member, ())
+            )
+            if data:
                 member.send(data)
                 deliveries += len(events) - start
                 sent_bytes += len(data)
         for member, start, end, close_frame in flush.removed:
-            if start < end:
-                data = rendered.joined(member.format, start, end)
+            data = rendered.joined(
+                member.format, start, end, notices=notices.pop(member, ())
+            )
+            if data:
                 member.send(data)
                 deliveries += end - start
                 sent_bytes += len(data)
             if close_frame is not None:
                 member.close(close_frame)
+        # Members that got no events: in the hub while none came, or not
+        # yet let in (waiting to resume).
+        for member, alone in notices.items():
+            member.send(b"".join(frame for _, frame in alone))
+        self._events_out += flush.taken
         if events:
+            seconds = time.monotonic() - started
             # Clocks of other servers may be a little ahead.
             self.lag = max(time.time() - events[0].event.ts, 0.0)
             self._metrics.flushed(
                 collections.Counter(logged.event.kind for logged in events),
                 deliveries=deliveries,
                 sent_bytes=sent_bytes,
-                seconds=time.monotonic() - started,
+                seconds=seconds,
                 lag=self.lag,
             )
 
@@ -516,6 +600,11 @@ def encode(events: Sequence[LoggedEvent], format: Format, epoch: str) -> list[by
     ]
 
 
+def _frame_size(event: Event) -> int:
+    """About how many bytes ``event``'s frame takes, in either format."""
+    return len(event.user) + len(event.body) + FRAME_OVERHEAD_BYTES
+
+
 class _Rendered:
     """The frames of one flush, encoded once per format, and only if used.
 
@@ -533,17 +622,37 @@ class _Rendered:
         self._offsets: dict[Format, list[int]] = {}
 
     def joined(
-        self, format: Format, start: int = 0, end: int | None = None
+        self,
+        format: Format,
+        start: int = 0,
+        end: int | None = None,
+        notices: Sequence[tuple[int, bytes]] = (),
     ) -> bytes | memoryview:
-        """The frames of events ``start`` to ``end`` in ``format``, as one buffer."""
+        """The frames of events ``start`` to ``end`` in ``format``, as one
+        buffer, with ``notices`` (frames, each with the index of the event it
+        precedes) in their places."""
         whole = self._whole.get(format)
         if whole is None:
             whole = self._render(format)
-        if start == 0 and end is None:
+        if end is None:
+            end = len(self._events)
+        if notices:
+            return self._with_notices(format, start, end, notices)
+        if start == 0 and end == len(self._events):
             return whole
         offsets = self._offsets[format]
-        stop = offsets[len(self._events) if end is None else end]
-        return memoryview(whole)[offsets[start] : stop]
+        return memoryview(whole)[offsets[start] : offsets[end]]
+
+    def _with_notices(
+        self, format: Format, start: int, end: int, notices: Sequence[tuple[int, bytes]]
+    ) -> bytes:
+        parts: list[bytes | memoryview] = []
+        for before, frame in notices:
+            place = min(max(before, start), end)
+            parts += [self.joined(format, start, place), frame]
+            start = place
+        parts.append(self.joined(format, start, end))
+        return b"".join(parts)
 
     def _render(self, format: Format) -> bytes:
         encoded = encode(self._events, format, self._epoch)

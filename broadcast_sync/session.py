@@ -67,6 +67,10 @@ RECEIVE_BUFFER_BYTES = 64 * 1024
 #: What a sender is told when its message is refused because the server is
 #: over capacity.
 BUSY_NOTICE = "message not sent: server busy; try again in a moment"
+#: How long a reader that refused messages, the server being busy, pauses,
+#: and then the longest it waits for the next fan-out, before it reads on.
+BUSY_PAUSE_SECONDS = 0.1
+FAN_OUT_WAIT_SECONDS = 1.0
 #: Pings and pongs a client may send per message it may send (see
 #: --rate-limit): a keepalive needs one every few seconds; a client sending
 #: thousands a second took a core. Past it, the client is closed with 1008.
@@ -86,6 +90,9 @@ class Room(Protocol):
 
     def busy(self) -> bool:
         """Whether the fan-out is so far behind that messages are refused."""
+
+    def wait_for_fan_out(self, timeout: float) -> None:
+        """Wait until the next fan-out is done."""
 
     def remove(
         self,
@@ -166,6 +173,8 @@ class Session:
         self._last_id: EventId | None = None
         #: Whether it was told that its messages are refused: server busy.
         self._told_busy = False
+        #: Whether a message of the batch being read was refused so.
+        self._batch_refused_busy = False
         #: Whether its join was logged, and so its leave must be.
         self._join_logged = False
         self._left = False
@@ -493,7 +502,23 @@ class Session:
         if self._batch_received:
             self._metrics.received(self._batch_received, self._batch_limited)
             self._batch_received = self._batch_limited = 0
+        if self._batch_refused_busy:
+            self._batch_refused_busy = False
+            self._yield_to_fan_out()
         return going_on
+
+    def _yield_to_fan_out(self) -> None:
+        """Read no more until the next fan-out is done: the server is busy.
+
+        The dispatcher gives up the GIL at every send, and takes it back
+        behind every thread then ready to run. Readers that read and refused
+        at full speed, a thousand of them, made each send wait behind a
+        thousand reads: a flush took seconds, the lag grew for good, and
+        every message was refused. Now each reads once per fan-out, and
+        what waits meanwhile in the kernel's buffers is no older than one.
+        """
+        time.sleep(BUSY_PAUSE_SECONDS)
+        self._room.wait_for_fan_out(FAN_OUT_WAIT_SECONDS)
 
     def _receive(self) -> bytes:
         """Wait for data, then read it; after leaving, only until the deadline.
@@ -656,6 +681,7 @@ class Session:
         """Refuse a message while the fan-out is over a second behind: the
         sender hears of it once, until a message of its passes again."""
         self._metrics.refused_busy()
+        self._batch_refused_busy = True
         if not self._told_busy:
             self._told_busy = True
             logger.info(
