@@ -34,10 +34,10 @@ INBOX_SIZE = 16384
 PUT_RETRY_SECONDS = 0.5
 #: What JSON clients are told when the log starts over with a new epoch.
 EPOCH_CHANGED = "the chat history was lost; earlier messages cannot be resumed"
-#: The most the fan-out may lag (the age of a flush's oldest event when it
-#: is sent) before readers refuse new messages with a notice: past
-#: capacity, latency stays bounded at about this, instead of growing with
-#: the backlog.
+#: The most the fan-out may lag (how long a message accepted now would
+#: wait, or the age of a flush's oldest event when it is sent) before
+#: readers refuse new messages with a notice: past capacity, latency stays
+#: bounded at about this, instead of growing with the backlog.
 MAX_LAG_SECONDS = 1.0
 #: About the most one flush carries, in bytes of frames: a flush late by a
 #: second of a busy room would be more than a client's buffers hold (see
@@ -646,6 +646,7 @@ class _Rendered:
     def _with_notices(
         self, format: Format, start: int, end: int, notices: Sequence[tuple[int, bytes]]
     ) -> bytes:
+        """The frames of events ``start`` to ``end``, ``notices`` among them."""
         parts: list[bytes | memoryview] = []
         for before, frame in notices:
             place = min(max(before, start), end)

@@ -508,14 +508,17 @@ class Session:
         return going_on
 
     def _yield_to_fan_out(self) -> None:
-        """Read no more until the next fan-out is done: the server is busy.
+        """Pause, then wait for the next fan-out, before reading on: the
+        server is busy.
 
         The dispatcher gives up the GIL at every send, and takes it back
-        behind every thread then ready to run. Readers that read and refused
-        at full speed, a thousand of them, made each send wait behind a
-        thousand reads: a flush took seconds, the lag grew for good, and
-        every message was refused. Now each reads once per fan-out, and
-        what waits meanwhile in the kernel's buffers is no older than one.
+        behind every thread then ready to run. A thousand readers that read
+        and refused at full speed made each send wait behind a thousand
+        reads: a flush took seconds, the lag grew for good, and every
+        message was refused. Waiting for the fan-out alone woke every reader
+        at every flush, more often than messages came; hence the pause too.
+        What waits meanwhile in the kernel's buffers is refused, or is
+        younger than the pause and one fan-out.
         """
         time.sleep(BUSY_PAUSE_SECONDS)
         self._room.wait_for_fan_out(FAN_OUT_WAIT_SECONDS)
