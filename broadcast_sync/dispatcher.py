@@ -306,6 +306,11 @@ class Dispatcher:
                 last_flush = time.monotonic()
         finally:
             self._stopped.set()
+            # Nothing will send what came after the end, such as the leaves
+            # of clients closed by it. Kept, it held thousands of sessions
+            # until the cyclic collector found them, which took 0.6 s of
+            # the exit after 10,000 clients.
+            self._drain()
 
     def _wait(self) -> list[_Item]:
         """Wait for an item, or for the first deadline of what is waiting."""
@@ -584,6 +589,8 @@ class Dispatcher:
             member.close(
                 close_frame, Disconnect.SHUTDOWN, "server shutting down (1001)"
             )
+        # Nothing more goes to them, and their leaves will not be read.
+        self._hub.discard(members)
 
 
 def encode(events: Sequence[LoggedEvent], format: Format, epoch: str) -> list[bytes]:

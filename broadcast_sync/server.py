@@ -288,6 +288,8 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
                     sock.shutdown(socket.SHUT_RDWR)
         for thread in self._connection_threads():
             thread.join()
+        with self._connections_lock:
+            self._exited = []
         self.log.stop()  # after the sessions, which logged their leaves
         self.server_close()
         logger.info("stopped")
