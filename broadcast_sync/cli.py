@@ -306,7 +306,8 @@ def _add_start(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=DEFAULTS.close_timeout,
         metavar="SECONDS",
         help="how long a closing handshake may take before the connection is "
-        "cut (default: %(default)s)",
+        "cut; on SIGTERM, how long the server may take to deliver what it "
+        "accepted and close every connection (default: %(default)s)",
     )
     start.add_argument(
         "--log-level",

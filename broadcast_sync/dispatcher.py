@@ -204,10 +204,11 @@ class Dispatcher:
         """Start the dispatcher thread."""
         self._thread.start()
 
-    def stop(self, after: EventId | None, timeout: float) -> None:
-        """Deliver the events up to ``after``, or wait ``timeout`` for them;
-        then close every member with 1001, and join the thread."""
-        self._put(_Stop(after, time.monotonic() + timeout))
+    def stop(self, after: EventId | None, deadline: float) -> None:
+        """Deliver the events up to ``after``, until the monotonic time
+        ``deadline`` at most; then close every member with 1001, and join
+        the thread."""
+        self._put(_Stop(after, deadline))
         self._thread.join()
 
     # Called by the log, in order.
@@ -339,6 +340,8 @@ class Dispatcher:
         behind = False
         flush = _Flush()
         for item in items:
+            if self._out_of_time():
+                break  # what is left is not sent: the server must go
             if isinstance(item, _Events):
                 self._add_events(item.events, flush)
             elif isinstance(item, (_Add, _Remove)):
@@ -370,6 +373,11 @@ class Dispatcher:
             self._close_all()
             return False
         return True
+
+    def _out_of_time(self) -> bool:
+        """Whether the server is stopping, and its deadline has passed."""
+        stopping = self._stopping
+        return stopping is not None and time.monotonic() >= stopping.deadline
 
     def _end_waiting(self) -> None:
         """Add and remove at once the members still waiting for an event."""

@@ -601,7 +601,7 @@ def running_room(
     finally:
         # Events logged before are ahead of the stop in the inbox: no need
         # to wait for an offset (a test may have moved the epoch under it).
-        dispatcher.stop(None, timeout=5 * UNIT)
+        dispatcher.stop(None, time.monotonic() + 5 * UNIT)
 
 
 def offsets_of(received: Sequence[Frame]) -> list[int]:
