@@ -93,13 +93,16 @@ ACCEPT_POLL_SECONDS = 0.1
 DEPARTURES_AT_ONCE = 8
 #: The interpreter's switch interval (5 ms by default): how long a thread
 #: may hold the GIL while others wait for it. Every thread waiting for the
-#: GIL also wakes once per interval to ask for it: with ten thousand
-#: waiting (a mass disconnect) at 5 ms, or even 50 ms, those wake-ups alone
-#: filled the core and the server froze. Our threads give the GIL up at
-#: each system call, long before half a second; the longest stretches
-#: without one (a fan-out to thousands of closed clients, a replay) take
-#: milliseconds.
-GIL_SWITCH_INTERVAL = 0.5
+#: GIL also wakes once per interval to ask for it, and each wake-up costs
+#: the kernel time in proportion to the threads waiting (futex_wake walks
+#: them). When 10,000 connections reset at once, 10,000 readers wait: at
+#: 5 ms the wake-ups alone filled the core; at 0.5 s they still did, in four
+#: runs of nineteen, and the server took a minute or more to let its clients
+#: go, 95 % of the core in futex_wake. Our threads give the GIL up at every system call;
+#: the longest stretches without one (a fan-out to thousands of closed
+#: clients, a replay) take milliseconds, so forcing a switch is never
+#: needed, and half a minute is as good as never.
+GIL_SWITCH_INTERVAL = 30.0
 
 
 def format_address(address: tuple[str, int]) -> str:
