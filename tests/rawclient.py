@@ -123,6 +123,16 @@ def handshake_response(request_head: bytes) -> bytes:
     )
 
 
+#: Socket options for a client on a link that takes little: the smallest
+#: receive buffer, small segments. The server's socket then holds some
+#: 100 KB for the client, not megabytes, and its send buffer fills after
+#: some 30 KB.
+SLOW_LINK = (
+    (socket.SOL_SOCKET, socket.SO_RCVBUF, 1024),
+    (socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536),
+)
+
+
 class RawClient:
     """A WebSocket client on a bare socket, which sends bytes as given.
 

@@ -45,15 +45,9 @@ from tests.conftest import (
     run_server,
     wait_until,
 )
-from tests.rawclient import RawClient
+from tests.rawclient import SLOW_LINK, RawClient
 from tests.wsclient import ChatClient
 
-#: A link that takes little: the smallest receive buffer, small segments.
-#: The server's socket then holds some 100 KB for the client, not megabytes.
-SLOW_LINK = (
-    (socket.SOL_SOCKET, socket.SO_RCVBUF, 1024),
-    (socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536),
-)
 #: Clients that send and read everything; their streams are checked too.
 SENDERS = [f"sender{number}" for number in range(8)]
 #: Clients that only read: two at once, two in bursts on a slow link.

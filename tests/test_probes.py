@@ -34,10 +34,9 @@ from tests.conftest import (
     run_server,
     wait_until,
 )
-from tests.rawclient import RawClient, frame, text
+from tests.rawclient import SLOW_LINK, RawClient, frame, text
 from tests.redisproc import RedisProcess
 from tests.test_handshake import Response, parse_response, upgrade_request
-from tests.test_slow_clients import SLOW_LINK
 from tests.test_web_http import fetch, get, page_request
 
 #: Labels of one sample, as the parser gives them.

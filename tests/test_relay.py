@@ -24,15 +24,9 @@ from wsproto.frame_protocol import Opcode
 from broadcast_sync.config import Mode
 from broadcast_sync.server import BroadcastServer
 from tests.conftest import UNIT, connect, receive, run_concurrently, run_server
-from tests.rawclient import RawClient, continuation, frame, text
+from tests.rawclient import SLOW_LINK, RawClient, continuation, frame, text
 from tests.wsclient import ChatClient
 
-#: A link that takes little, as in test_slow_clients: the server's send
-#: buffer for such a client fills after some 30 KB.
-SLOW_LINK = (
-    (socket.SOL_SOCKET, socket.SO_RCVBUF, 1024),
-    (socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536),
-)
 #: Bytes in each message of a flood, and messages each flooder sends.
 FLOOD_BYTES = 4000
 FLOOD_MESSAGES = 32

@@ -9,7 +9,6 @@ some 30 KB instead of several MB, and the tests stay light.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -24,14 +23,9 @@ from tests.conftest import (
     run_concurrently,
     run_server,
 )
-from tests.rawclient import RawClient, new_key, upgrade_request
+from tests.rawclient import SLOW_LINK, RawClient, new_key, upgrade_request
 from tests.wsclient import ChatClient
 
-#: A link that takes little: the smallest receive buffer, small segments.
-SLOW_LINK = (
-    (socket.SOL_SOCKET, socket.SO_RCVBUF, 1024),
-    (socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536),
-)
 #: Characters in each message of a flood.
 MESSAGE_CHARS = 4000
 #: Messages each flooding client sends: 256 KB in all, many times what the

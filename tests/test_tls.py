@@ -40,7 +40,7 @@ from tests.certs import (  # noqa: F401
     certs_fixture,
 )
 from tests.conftest import UNIT, http_exchange, receive_text, run_server, wait_until
-from tests.rawclient import new_key, upgrade_request
+from tests.rawclient import SLOW_LINK, new_key, upgrade_request
 from tests.serverproc import ServerProcess
 from tests.test_client import (
     PROCESS_TIMEOUT,
@@ -51,7 +51,6 @@ from tests.test_client import (
     server_on,
 )
 from tests.test_slow_clients import (
-    SLOW_LINK,
     flood,
     lockstep,
     slow_options,

@@ -387,14 +387,22 @@ def settle(
     expected = join_notice_bytes(members)
     deadline = time.monotonic_ns() + int(timeout * 1e9)
     generator.run(deadline, done=lambda: generator.total_received >= expected)
-    quiet_ns = int(SETTLE_QUIET_SECONDS * 1e9)
-    while time.monotonic_ns() < deadline:
-        before = generator.total_received
-        generator.run(min(time.monotonic_ns() + quiet_ns, deadline))
-        if generator.total_received == before:
-            break
+    serve_until_quiet(generator, SETTLE_QUIET_SECONDS, deadline)
     generator.mark()
     return min(generator.total_received / expected, 1.0) if expected else 1.0
+
+
+def serve_until_quiet(
+    generator: LoadGenerator, quiet_seconds: float, deadline_ns: int
+) -> None:
+    """Serve until no bytes came for ``quiet_seconds``, or the monotonic
+    ``deadline_ns``."""
+    quiet_ns = int(quiet_seconds * 1e9)
+    while time.monotonic_ns() < deadline_ns:
+        before = generator.total_received
+        generator.run(min(time.monotonic_ns() + quiet_ns, deadline_ns))
+        if generator.total_received == before:
+            return
 
 
 def wait_for_delivery(
@@ -1016,12 +1024,7 @@ def _climb_to_capacity(
 def _quiet(generator: LoadGenerator, timeout: float = SETTLE_TIMEOUT) -> None:
     """Serve until no bytes came for a while: the backlog is delivered."""
     deadline = time.monotonic_ns() + int(timeout * 1e9)
-    quiet_ns = int(OVERLOAD_QUIET_SECONDS * 1e9)
-    while time.monotonic_ns() < deadline:
-        before = generator.total_received
-        generator.run(min(time.monotonic_ns() + quiet_ns, deadline))
-        if generator.total_received == before:
-            return
+    serve_until_quiet(generator, OVERLOAD_QUIET_SECONDS, deadline)
 
 
 def _drain(
