@@ -60,6 +60,9 @@ def held_fan_out(server: BroadcastServer, first: ChatClient) -> Iterator[None]:
         # Time for the dispatcher to take it, and wait for the hub.
         time.sleep(0.2 * UNIT)
         yield
+        # Time for the readers to hand the messages over. (The metrics
+        # that count them cannot be read here: they count the clients
+        # under the hub's lock.)
         time.sleep(0.2 * UNIT)
 
 
