@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import socket
 import socketserver
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from types import TracebackType
 
 import h11
 
-from broadcast_sync import nicknames
+from broadcast_sync import manythreads, nicknames
 from broadcast_sync.admission import Admission, address_group
 from broadcast_sync.auth import load_secret
 from broadcast_sync.config import Mode, ServerConfig
@@ -68,10 +67,6 @@ from broadcast_sync.validation import InvalidUsername, clean_username
 
 logger = logging.getLogger(__name__)
 
-#: Thread stack size: the server runs two threads per client, and ten
-#: thousand clients at the default 8 MiB would reserve 160 GiB of address
-#: space. Our deepest call chains use a small fraction of this.
-THREAD_STACK_BYTES = 256 * 1024
 #: Connections the kernel queues before accept(): clients arrive in bursts.
 LISTEN_BACKLOG = 1024
 #: After a refused handshake, how long and how much input is read and
@@ -91,18 +86,6 @@ ACCEPT_POLL_SECONDS = 0.1
 #: together, and each would wait for the GIL behind all the others at every
 #: system call of its teardown.
 DEPARTURES_AT_ONCE = 8
-#: The interpreter's switch interval (5 ms by default): how long a thread
-#: may hold the GIL while others wait for it. Every thread waiting for the
-#: GIL also wakes once per interval to ask for it, and each wake-up costs
-#: the kernel time in proportion to the threads waiting (futex_wake walks
-#: them). When 10,000 connections reset at once, 10,000 readers wait: at
-#: 5 ms the wake-ups alone filled the core; at 0.5 s they still did, in four
-#: runs of nineteen, and the server took a minute or more to let its clients
-#: go, 95 % of the core in futex_wake. Our threads give the GIL up at every system call;
-#: the longest stretches without one (a fan-out to thousands of closed
-#: clients, a replay) take milliseconds, so forcing a switch is never
-#: needed, and half a minute is as good as never.
-GIL_SWITCH_INTERVAL = 30.0
 
 
 def format_address(address: tuple[str, int]) -> str:
@@ -246,8 +229,8 @@ class BroadcastServer(socketserver.ThreadingTCPServer):
         Raises:
             LogUnavailable: if the log cannot be reached.
         """
-        threading.stack_size(THREAD_STACK_BYTES)
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+        # Two threads for each connection: its own (the reader) and its writer.
+        manythreads.prepare(2 * (self.config.max_clients + MAX_PENDING_HANDSHAKES))
         nicknames.prepare()
         try:
             # Before the dispatcher runs: it only queues what it is handed.

@@ -1,0 +1,46 @@
+"""The process-wide settings for thousands of threads, as the kernel sees them."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+
+from broadcast_sync.manythreads import PR_FUTEX_HASH, futex_slots
+from broadcast_sync.server import MAX_PENDING_HANDSHAKES
+from tests.conftest import run_server
+
+#: prctl(2) operation that reads the size of the process's futex table.
+PR_FUTEX_HASH_GET_SLOTS = 2
+
+
+def futex_table_slots() -> int | None:
+    """Slots of this process's own futex table; None where the kernel keeps
+    no table per process (before Linux 6.16)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    slots = int(libc.prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0))
+    if slots < 0:
+        assert ctypes.get_errno() == errno.EINVAL
+        return None
+    return slots
+
+
+def test_futex_slots_are_a_power_of_two_with_one_per_thread() -> None:
+    assert [futex_slots(threads) for threads in (1, 2, 3, 16, 17, 20512)] == [
+        2,
+        2,
+        4,
+        16,
+        32,
+        32768,
+    ]
+
+
+def test_a_started_server_gives_each_of_its_threads_a_futex_slot() -> None:
+    """Two threads per connection it may hold: 16 slots, the kernel's size
+    for two CPUs, made each wake walk a thousand sleepers."""
+    max_clients = 3000
+    threads = 2 * (max_clients + MAX_PENDING_HANDSHAKES)
+    with run_server(max_clients=max_clients):
+        slots = futex_table_slots()
+    # Before Linux 6.16, all processes share one big table: nothing to size.
+    assert slots is None or slots >= threads
