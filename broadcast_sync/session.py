@@ -414,15 +414,13 @@ class Session:
             self._lose(f"connection lost: {exc}")
         finally:
             with self._departures:
-                self._depart()
-            # Outside the gate: a close frame behind a backlog may take the
-            # writer up to the close timeout.
-            self._writer.join()
-            self.abort(Disconnect.LOST, "connection closed")
-            with self._lock:
-                ending = self.ending
-            assert ending is not None  # set by abort() at the latest
-            self._metrics.disconnected(ending)
+                writer_stopped = self._depart()
+                if writer_stopped:
+                    self._end()
+            if not writer_stopped:
+                # Outside the gate: a close frame behind a backlog may take
+                # the writer up to the close timeout.
+                self._end()
 
     def _lose(self, reason: str) -> None:
         """Note that the connection failed: nothing more is sent on it.
@@ -434,22 +432,37 @@ class Session:
             self._set_end(Disconnect.LOST, reason)
             self._closed = True
 
-    def _depart(self) -> None:
+    def _depart(self) -> bool:
         """Cut the connection and stop the writer, unless it is still getting
         a close frame out (it stops by itself then), and leave the room.
 
         Only the reader wakes its writer, here, behind the departure gate:
         a fan-out that finds thousands of connections reset must not wake
         thousands of writers at once.
+
+        Returns:
+            Whether the writer was stopped, rather than left to send.
         """
         with self._lock:
-            if not (self._backlog and self._close_by < float("inf")):
+            stopping = not (self._backlog and self._close_by < float("inf"))
+            if stopping:
                 self._abort_locked(Disconnect.LOST, "connection closed")
                 # A full outbox means the writer is sending: it fails on
                 # the shut socket.
                 with contextlib.suppress(queue.Full):
                     self._outbox.put_nowait(None)
         self._leave()
+        return stopping
+
+    def _end(self) -> None:
+        """Join the writer, make sure the connection is cut, and count the
+        session's end."""
+        self._writer.join()
+        self.abort(Disconnect.LOST, "connection closed")
+        with self._lock:
+            ending = self.ending
+        assert ending is not None  # set by abort() at the latest
+        self._metrics.disconnected(ending)
 
     def _log_join(self) -> None:
         try:

@@ -8,12 +8,15 @@ some 30 KB instead of several MB, and the tests stay light.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import pytest
 from wsproto.events import CloseConnection, Ping, TextMessage
 
+from broadcast_sync.server import DEPARTURES_AT_ONCE
 from tests.conftest import (
     UNIT,
     http_exchange,
@@ -228,4 +231,39 @@ def test_handshake_over_max_clients_gets_503() -> None:
         carol = join(server, "carol")
         assert receive_text(alice) == "Server: carol has joined the chat"
         carol.close()
+        alice.close()
+
+
+def test_close_frames_stuck_behind_backlogs_hold_up_no_departure() -> None:
+    """Slow clients, as many as may end at once, are dropped, and their
+    close frames wait behind backlogs they never read; meanwhile another
+    client's connection drops, and its leave is announced at once, not
+    after the close timeout.
+
+    Ending sessions pass a gate, a few at a time (DEPARTURES_AT_ONCE); a
+    session whose writer is still sending must not keep its place in it.
+    """
+    slow_names = [f"slow{index}" for index in range(DEPARTURES_AT_ONCE)]
+    options = slow_options(queue_size=16, close_timeout=10 * UNIT)
+    with run_server(**options) as server:
+        (alice,) = join_all(server, ["alice"])
+        with contextlib.ExitStack() as stack:
+            bob = stack.enter_context(RawClient(server.port, "bob"))
+            for name in slow_names:
+                stack.enter_context(
+                    RawClient(server.port, name, socket_options=SLOW_LINK)
+                )
+            seen: list[str] = []
+            read_until(alice, f"Server: {slow_names[-1]} has joined the chat", seen)
+            leaves = {f"Server: {name} has left the chat" for name in slow_names}
+            for message in flood("alice") * 4:
+                alice.send(message)
+                read_until(alice, f"alice: {message}", seen)
+                if leaves <= set(seen):
+                    break
+            assert leaves <= set(seen), "the slow clients were never all dropped"
+            bob.sock.close()  # no close frame: its reader ends the session
+            started = time.monotonic()
+            read_until(alice, "Server: bob has left the chat", seen)
+            assert time.monotonic() - started < ROUND_TRIP
         alice.close()
