@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import os
+import threading
 
 from broadcast_sync.manythreads import PR_FUTEX_HASH, futex_slots
 from broadcast_sync.server import MAX_PENDING_HANDSHAKES
-from tests.conftest import run_server
+from tests.conftest import SERVER_THREAD_PREFIXES, join, run_server
 
 #: prctl(2) operation that reads the size of the process's futex table.
 PR_FUTEX_HASH_GET_SLOTS = 2
@@ -44,3 +47,20 @@ def test_a_started_server_gives_each_of_its_threads_a_futex_slot() -> None:
         slots = futex_table_slots()
     # Before Linux 6.16, all processes share one big table: nothing to size.
     assert slots is None or slots >= threads
+
+
+def test_a_started_server_runs_its_threads_as_batch() -> None:
+    """SCHED_BATCH for the thread that starts the server, and so for every
+    thread of the server, down to a client's reader and writer."""
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # as at startup
+    with run_server() as server, contextlib.closing(join(server, "alice")):
+        threads = [
+            thread
+            for thread in threading.enumerate()
+            if thread.name.startswith(SERVER_THREAD_PREFIXES)
+        ]
+        names = {thread.name.split()[0] for thread in threads}
+        assert {"dispatcher", "reader", "writer"} <= names
+        for thread in [threading.current_thread(), *threads]:
+            assert thread.native_id is not None
+            assert os.sched_getscheduler(thread.native_id) == os.SCHED_BATCH
