@@ -79,7 +79,6 @@ def parse_request(request: h11.Request) -> Request:
     Raises:
         HTTPError: 400 for anything that is not a valid upgrade.
     """
-    target = split_target(request)
     headers = RequestHeaders(request.headers)
     if request.method != b"GET":
         raise _bad_request(f"method must be GET, not {request.method.decode()}")
@@ -98,7 +97,43 @@ def parse_request(request: h11.Request) -> Request:
             f"unsupported Sec-WebSocket-Version: {version or '(missing)'}",
             (("Sec-WebSocket-Version", WEBSOCKET_VERSION),),
         )
-    key = _check_key(headers.get("sec-websocket-key"))
+    return _parts(request, key=_check_key(headers.get("sec-websocket-key")))
+
+
+def asks_upgrade(request: h11.Request) -> bool:
+    """Whether ``request`` asks for an upgrade at all, however badly."""
+    return RequestHeaders(request.headers).get("upgrade") is not None
+
+
+def parse_question(request: h11.Request) -> Request:
+    """The parts of a request for :data:`WEBSOCKET_PATH` that asks for no
+    upgrade: a page asking why its handshake was refused.
+
+    A browser does not tell a page why; so the page asks again, with the same
+    query, as a plain GET. The server checks it as it would a handshake, and
+    answers what was wrong, or 426 (Upgrade Required) if nothing was.
+
+    Raises:
+        HTTPError: 400 for a method other than GET, or a malformed query.
+    """
+    if request.method != b"GET":
+        raise _bad_request(f"method must be GET, not {request.method.decode()}")
+    return _parts(request, key="")  # no key: it is no handshake
+
+
+def upgrade_required() -> HTTPError:
+    """426: the answer to a question about a handshake that would succeed."""
+    return HTTPError(
+        HTTPStatus.UPGRADE_REQUIRED,
+        "nothing wrong with this request, but it asks for no WebSocket upgrade",
+        # RFC 9110, section 7.8: an Upgrade header goes with this option.
+        (("Upgrade", "websocket"), ("Connection", "Upgrade")),
+    )
+
+
+def _parts(request: h11.Request, key: str) -> Request:
+    target = split_target(request)
+    headers = RequestHeaders(request.headers)
     query = _parse_query(target.query)
     return Request(
         key=key,

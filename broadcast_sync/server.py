@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from types import TracebackType
+from typing import NoReturn
 
 import h11
 
@@ -27,11 +28,15 @@ from broadcast_sync.dispatcher import Dispatcher
 from broadcast_sync.handshake import (
     WEBSOCKET_PATH,
     Arrival,
+    Request,
     accept_response,
+    asks_upgrade,
     authenticate,
     check_origin,
     parse_arrival,
+    parse_question,
     parse_request,
+    upgrade_required,
 )
 from broadcast_sync.heartbeat import Heartbeat
 from broadcast_sync.http11 import (
@@ -482,6 +487,8 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             if split_target(http_request).path != WEBSOCKET_PATH:
                 self._answer(http_request)
                 return
+            if not asks_upgrade(http_request):
+                self._explain(http_request)
             name, key, arrival = self._handshake(http_request)
         except HTTPError as exc:
             if isinstance(exc, NotTLS):
@@ -560,14 +567,41 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             self.server.handshake_over()
 
     def _handshake(self, http_request: h11.Request) -> tuple[str, str, Arrival]:
-        """Check the handshake; reserve the client's name: the one it asks
-        for, or with --auth-secret-file the one its token is signed for.
+        """Check the handshake; reserve the client's name.
 
         Returns:
             The name given to the client, its key and what else it asked for.
         """
-        config = self.server.config
         request = parse_request(http_request)
+        username, arrival = self._check_arrival(request)
+        try:
+            name = self.server.log.reserve_name(username)
+        except (RoomFull, LogUnavailable) as exc:
+            raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from exc
+        return name, request.key, arrival
+
+    def _explain(self, http_request: h11.Request) -> NoReturn:
+        """Answer a plain GET of /ws as its handshake would have been
+        answered: a page asking why its handshake failed (see
+        :func:`~broadcast_sync.handshake.parse_question`).
+
+        Raises:
+            HTTPError: the handshake's refusal; 426 if there would be none.
+        """
+        self._check_arrival(parse_question(http_request))
+        unready = self.server.unready()
+        if unready is not None:
+            raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, unready)
+        raise upgrade_required()
+
+    def _check_arrival(self, request: Request) -> tuple[str, Arrival]:
+        """Check what the client asks for, short of its name being free.
+
+        Returns:
+            The name it asks for, or with --auth-secret-file the one its
+            token is signed for; and what else it asked for.
+        """
+        config = self.server.config
         check_origin(request, config.allowed_origins, self._scheme)
         arrival = parse_arrival(request, config.mode, config.history_size)
         requested = request.username
@@ -586,11 +620,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             raise HTTPError(HTTPStatus.BAD_REQUEST, str(exc)) from exc
         if self.server.stopping:
             raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, "server shutting down")
-        try:
-            name = self.server.log.reserve_name(username)
-        except (RoomFull, LogUnavailable) as exc:
-            raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from exc
-        return name, request.key, arrival
+        return username, arrival
 
     def _answer(self, http_request: h11.Request) -> None:
         """Answer a plain HTTP request from the routes, then close."""

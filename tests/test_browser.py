@@ -44,6 +44,11 @@ WEBSOCKET_FORBIDDEN = (
     WEBSOCKET_FAILED
     + r": Error during WebSocket handshake: Unexpected response code: 403"
 )
+#: What Chromium logs when a request of the page gets an error status.
+RESOURCE_REFUSED = (
+    r"^console error: Failed to load resource: the server responded with a "
+    r"status of {status}"
+)
 #: Markup that would run if a page inserted names or messages as HTML.
 XSS = (
     "<img src=x onerror=window.__xss=1>",
@@ -351,6 +356,51 @@ def test_a_taken_name_is_replaced_and_the_page_says_so(pages: Pages) -> None:
         expect(marker(page, "renamed")).to_contain_text("bob_1")
         expect(page.locator("#status")).to_contain_text("bob_1")
         expect(page.locator("#people-list li.own")).to_have_text(["bob_1"])
+
+
+def test_a_name_the_server_refuses_is_shown_with_the_reason(pages: Pages) -> None:
+    """A name that passes the page's own checks (a fullwidth colon) but not
+    the server's: the browser does not say why its handshake failed, so the
+    page asks, shows the server's reason under the name, and stops there."""
+    pages.expect_console(WEBSOCKET_FAILED)
+    pages.expect_console(RESOURCE_REFUSED.format(status=400))
+    with run_server() as server, pages:
+        page = open_chat(pages, server)
+        page.locator("#name").fill("bob\uff1a x")
+        page.locator("#name").press("Enter")
+        expect(page.locator("#name-error")).to_have_text(
+            "The server refused: username contains ': '"
+        )
+        expect(page.locator("#join-form")).to_be_visible()
+        expect_state(page, "idle")
+        time.sleep(2 * UNIT)  # past the first retry's delay
+        # Its handshake and its question: no retry.
+        assert handshakes(server, 400) == 2
+
+
+def test_a_full_server_is_retried_and_the_page_says_why(pages: Pages) -> None:
+    """A refusal that may pass (the server is full) is shown in the status,
+    and the page retries until it gets in."""
+    pages.expect_console(WEBSOCKET_FAILED)
+    pages.expect_console(RESOURCE_REFUSED.format(status=503))
+    with run_server(max_clients=1) as server, pages:
+        bob = join(server, "bob")
+        page = open_chat(pages, server)
+        page.locator("#name").fill("alice")
+        page.locator("#name").press("Enter")
+        expect(page.locator("#status")).to_contain_text(
+            "Refused: full: 1 clients; retrying in"
+        )
+        bob.close()
+        expect_state(page, "connected", timeout=RECONNECT_MS)
+
+
+def handshakes(server: BroadcastServer, status: int) -> float:
+    """How many handshakes the server answered with ``status``."""
+    value = server.metrics.registry.get_sample_value(
+        "broadcast_handshakes_total", {"status": str(status)}
+    )
+    return value or 0.0
 
 
 def test_history_comes_first_then_a_marker_then_live_messages(pages: Pages) -> None:

@@ -233,11 +233,6 @@ def test_other_paths_are_404(server: BroadcastServer, path: str) -> None:
             id="http-1.0",
         ),
         pytest.param(
-            upgrade_request(headers={"Upgrade": None}),
-            "missing Upgrade: websocket header",
-            id="no-upgrade",
-        ),
-        pytest.param(
             upgrade_request(headers={"Upgrade": "h2c"}),
             "missing Upgrade: websocket header",
             id="wrong-upgrade",
@@ -321,6 +316,49 @@ def test_bad_requests_are_400(
     response = refusal(server.port, request_)
     assert (response.status, response.phrase) == (400, "Bad Request")
     assert response.text == reason + "\n"
+
+
+def plain_get(target: str) -> bytes:
+    """A GET of ``target`` that asks for no upgrade, as a page's fetch()."""
+    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("/ws?username=a%1Bb", "username contains control characters"),
+        (
+            "/ws?username=a%EE%80%80",
+            "username contains a private-use character (U+E000)",
+        ),
+        ("/ws?username=a&username=b", "username given more than once"),
+        ("/ws?username=alice&format=xml", "unknown format: 'xml'"),
+    ],
+)
+def test_a_plain_get_of_ws_gets_what_its_handshake_would(
+    server: BroadcastServer, target: str, reason: str
+) -> None:
+    """Browsers do not tell a page why its handshake failed: the page asks
+    again without the upgrade, and gets the handshake's refusal."""
+    assert refusal(server.port, upgrade_request(target)).text == reason + "\n"
+    response = refusal(server.port, plain_get(target))
+    assert (response.status, response.text) == (400, reason + "\n")
+
+
+def test_a_plain_get_of_ws_with_nothing_wrong_is_426(server: BroadcastServer) -> None:
+    """RFC 9110, section 15.5.22: 426 names the protocol to upgrade to. The
+    name asked for is not taken: a question reserves nothing."""
+    response = refusal(server.port, plain_get("/ws?username=bob"))
+    assert (response.status, response.phrase) == (426, "Upgrade Required")
+    assert response.headers["upgrade"] == "websocket"
+    with contextlib.closing(connect(server, "bob")) as bob:
+        assert receive_text(bob) == "Server: bob has joined the chat"
+
+
+def test_a_plain_post_of_ws_is_400(server: BroadcastServer) -> None:
+    request = b"POST /ws?username=alice HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    response = refusal(server.port, request)
+    assert (response.status, response.text) == (400, "method must be GET, not POST\n")
 
 
 @pytest.mark.parametrize("version", [None, "8", "13, 8", "14"])

@@ -23,6 +23,8 @@
   const MAX_NAME = Number(page.maxName);
   /** Where the name is remembered between visits. */
   const NAME_KEY = "broadcast-sync.name";
+  /** Refusals that the same request would get again: no use retrying. */
+  const REFUSED_FOR_GOOD = [400, 401, 403];
   /** Reconnection delays, in seconds: doubled after each failure, jittered. */
   const FIRST_DELAY = 1;
   const MAX_DELAY = 10;
@@ -293,8 +295,14 @@
     }
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(`${scheme}//${location.host}/ws?${query}`);
+    let opened = false;
+    socket.addEventListener("open", () => {
+      opened = true;
+    });
     socket.addEventListener("message", (message) => onFrame(socket, message));
-    socket.addEventListener("close", (close) => onClose(socket, close));
+    socket.addEventListener("close", (close) => {
+      onClose(socket, close, opened ? null : query);
+    });
     chat.socket = socket;
   }
 
@@ -412,7 +420,8 @@
     chat.unconfirmed = [];
   }
 
-  function onClose(socket, close) {
+  /** `refusedQuery`: the query of a handshake that failed, else null. */
+  async function onClose(socket, close, refusedQuery) {
     if (socket !== chat.socket) return;
     chat.socket = null;
     setConnected(false);
@@ -422,10 +431,41 @@
       chat.unconfirmed = [];
     }
     chat.failures += 1;
-    scheduleReconnect();
+    const refusal = refusedQuery === null ? null : await askWhy(refusedQuery);
+    if (chat.leaving || chat.socket !== null) return; // moved on meanwhile
+    if (refusal !== null && REFUSED_FOR_GOOD.includes(refusal.status)) {
+      refused(refusal.reason);
+    } else {
+      scheduleReconnect(refusal?.reason);
+    }
   }
 
-  function scheduleReconnect() {
+  /**
+   * Why the server refused a handshake with `query`: browsers do not say.
+   * The same request without the upgrade gets the handshake's answer, or
+   * 426 (Upgrade Required) when nothing is wrong with it. Null when there
+   * is nothing to tell: the request was fine, or the server is unreachable.
+   */
+  async function askWhy(query) {
+    try {
+      const response = await fetch(`/ws?${query}`, { cache: "no-store" });
+      if (response.ok || response.status === 426) return null;
+      const reason = (await response.text()).trim();
+      return { status: response.status, reason };
+    } catch {
+      return null;
+    }
+  }
+
+  /** The server refuses this page for good: back to the form, saying why. */
+  function refused(reason) {
+    leave();
+    ui.nameError.textContent = `The server refused: ${reason}`;
+    ui.nameError.hidden = false;
+  }
+
+  /** Reconnect after a delay; `reason`: why the last attempt was refused. */
+  function scheduleReconnect(reason) {
     clearTimers();
     if (!navigator.onLine) {
       setStatus("offline", "Offline: waiting for the network");
@@ -435,7 +475,11 @@
     const delay = ceiling * (0.5 + Math.random() / 2);
     const due = Date.now() + delay * 1000;
     // Failing again and again: the server is down, or refuses this page.
-    const what = chat.failures >= 3 ? "Cannot reach the chat; retrying" : "Reconnecting";
+    const what = reason
+      ? `Refused: ${reason}; retrying`
+      : chat.failures >= 3
+        ? "Cannot reach the chat; retrying"
+        : "Reconnecting";
     const tick = () => {
       const seconds = Math.max(Math.ceil((due - Date.now()) / 1000), 1);
       setStatus("reconnecting", `${what} in ${seconds} s…`);
