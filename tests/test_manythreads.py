@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import gc
 import os
 import threading
 
-from broadcast_sync.manythreads import PR_FUTEX_HASH, futex_slots
+from broadcast_sync.manythreads import GC_YOUNG_THRESHOLD, PR_FUTEX_HASH, futex_slots
 from broadcast_sync.server import MAX_PENDING_HANDSHAKES
 from tests.conftest import SERVER_THREAD_PREFIXES, join, run_server
 
@@ -20,7 +21,9 @@ def futex_table_slots() -> int | None:
     """Slots of this process's own futex table; None where the kernel keeps
     no table per process (before Linux 6.16)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    slots = int(libc.prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0))
+    unused = ctypes.c_ulong(0)
+    get = ctypes.c_ulong(PR_FUTEX_HASH_GET_SLOTS)
+    slots = int(libc.prctl(PR_FUTEX_HASH, get, unused, unused, unused))
     if slots < 0:
         assert ctypes.get_errno() == errno.EINVAL
         return None
@@ -64,3 +67,9 @@ def test_a_started_server_runs_its_threads_as_batch() -> None:
         for thread in [threading.current_thread(), *threads]:
             assert thread.native_id is not None
             assert os.sched_getscheduler(thread.native_id) == os.SCHED_BATCH
+
+
+def test_a_started_server_collects_young_objects_seldom() -> None:
+    gc.set_threshold(700, 10, 10)  # the interpreter's defaults
+    with run_server():
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 10, 10)
